@@ -1,0 +1,143 @@
+"""The exceptions a guarded call can raise, and the fixed vocabulary llmguard reports errors with."""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+__all__ = ["BudgetExceeded", "GuardBlocked", "LoopDetected"]
+
+ErrorType = Literal[
+    "rate_limit",
+    "quota_exhausted",
+    "timeout",
+    "content_filter",
+    "server_error",
+    "overloaded",
+    "context_length",
+    "auth",
+    "bad_request",
+    "connection",
+    "stream_interrupted",
+    "other",
+]
+
+BlockReason = Literal[
+    "session_budget",
+    "feature_daily_budget",
+    "daily_budget",
+    "session_llm_calls",
+    "session_tool_calls",
+    "session_tokens",
+    "loop_detected",
+    "unpriced_model",
+    "store_unavailable",
+]
+
+# Cost caps answer 402 Payment Required; count caps, loops and store outages answer 429.
+COST_REASONS: Final = frozenset({"session_budget", "feature_daily_budget", "daily_budget", "unpriced_model"})
+
+
+class GuardBlocked(Exception):
+    """An LLM call was refused before it reached the provider.
+
+    It deliberately derives from `Exception` and from no HTTP error class, so the official SDKs neither wrap it nor
+    retry it: it reaches the caller at once, as itself.
+    """
+
+    def __init__(
+        self,
+        reason: BlockReason,
+        detail: str,
+        *,
+        session_id: str | None = None,
+        spent_usd: float | None = None,
+        limit_usd: float | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.reason: BlockReason = reason
+        self.detail = detail
+        self.session_id = session_id
+        self.spent_usd = spent_usd
+        self.limit_usd = limit_usd
+
+    @property
+    def status_code(self) -> int:
+        return 402 if self.reason in COST_REASONS else 429
+
+    def problem(self) -> dict[str, object]:
+        """An RFC 9457 problem document describing the block."""
+        return {
+            "type": f"https://llmguard.dev/problems/{self.reason.replace('_', '-')}",
+            "title": "LLM budget exceeded" if self.status_code == 402 else "LLM call limit reached",
+            "status": self.status_code,
+            "detail": self.detail,
+            "reason": self.reason,
+            "session_id": self.session_id,
+            "spent_usd": self.spent_usd,
+            "limit_usd": self.limit_usd,
+        }
+
+
+class BudgetExceeded(GuardBlocked):
+    """A cost, call, token or tool-call cap would be exceeded by this call."""
+
+
+class LoopDetected(GuardBlocked):
+    """The session's agent keeps asking for the same tool calls."""
+
+
+_QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_error"})
+
+
+def error_type_for_status(status: int, code: str | None = None) -> ErrorType:
+    """Map an HTTP error status and the provider's error type/code (OpenAI `code`/`type`, Anthropic `error.type`)
+    to our fixed vocabulary."""
+    code = (code or "").lower()
+    if code in {"insufficient_quota", "credit_balance_exhausted", "billing_error"} or code.endswith(
+        "spend_limit_reached"
+    ):
+        return "quota_exhausted"
+    if "context_length" in code or code == "request_too_large":
+        return "context_length"
+    if code in {"overloaded_error", "server_is_overloaded", "service_unavailable_error"}:
+        return "overloaded"
+    if code in {"content_filter", "content_policy_violation"}:
+        return "content_filter"
+    if code == "timeout_error":
+        return "timeout"
+    if status == 429:
+        return "rate_limit"
+    if status in (401, 403):
+        return "auth"
+    if status == 402:
+        return "quota_exhausted"
+    if status in (408, 504):
+        return "timeout"
+    if status in (503, 529):
+        return "overloaded"
+    if status >= 500:
+        return "server_error"
+    if 400 <= status < 500:
+        return "bad_request"
+    return "other"
+
+
+def error_type_for_stream_error(code: str | None) -> ErrorType:
+    """An error that arrived inside a 200 stream (OpenAI `error`, Anthropic `event: error`, Responses `error`)."""
+    kind = error_type_for_status(500, code)
+    if kind == "server_error" and code and "rate_limit" in code.lower():
+        return "rate_limit"
+    return kind
+
+
+def error_type_for_exception(exc: BaseException) -> ErrorType:
+    """Classify a transport exception by name, so httpx and httpx2 exceptions are treated alike."""
+    for cls in type(exc).__mro__:
+        name = cls.__name__
+        if name.endswith("Timeout") or name in {"TimeoutException", "TimeoutError"}:
+            return "timeout"
+        if name in {"ConnectError", "NetworkError", "RemoteProtocolError", "ConnectionError", "OSError"}:
+            return "connection"
+        if name in {"ReadError", "WriteError", "CloseError"}:
+            return "stream_interrupted"
+    return "other"

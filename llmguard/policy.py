@@ -1,0 +1,39 @@
+"""Loop detection over a session's recent tool-call signatures, as pure functions (the Redis store runs the same
+rule in Lua; the shared store test suite holds the two to one behaviour)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+MAX_CYCLE = 5
+
+
+def signature_digest(signature: str) -> str:
+    """Signatures are kept as short digests so a session's history stays small whatever the arguments."""
+    return hashlib.sha256(signature.encode()).hexdigest()[:16]
+
+
+def loop_repeats(history: Sequence[str]) -> int:
+    """How many times the most-repeated cycle at the end of `history` repeats back to back.
+
+    A cycle has a period of 1 (the same call again and again) up to 5 (A→B→C→D→E→A→…). A period-k cycle only
+    counts if it is not itself a shorter cycle, so "A A A A" counts as 4 repeats of A, not 2 of "A A".
+    """
+    best = 1 if history else 0
+    n = len(history)
+    for period in range(1, MAX_CYCLE + 1):
+        if 2 * period > n:
+            break
+        tail = history[n - period :]
+        if period > 1 and any(_is_cycle(tail, smaller) for smaller in range(1, period) if period % smaller == 0):
+            continue
+        repeats = 1
+        while (repeats + 1) * period <= n and history[n - (repeats + 1) * period : n - repeats * period] == tail:
+            repeats += 1
+        best = max(best, repeats)
+    return best
+
+
+def _is_cycle(block: Sequence[str], period: int) -> bool:
+    return all(block[i] == block[i % period] for i in range(len(block)))
