@@ -57,6 +57,18 @@ class LLMGuardMiddleware:
 
         started = False
         streaming = False
+        finished = False
+
+        def finish() -> None:
+            # Accounted before the last body byte leaves, so a client that has its response sees the metrics.
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            guard.ledger.flush(context)
+            if context.llm_calls:
+                feature = guard.metrics.feature(context.resolve_feature())
+                guard.metrics.action_cost.labels(feature).observe(context.action_cost)
 
         async def guarded_send(message: Message) -> None:
             nonlocal started, streaming
@@ -66,6 +78,8 @@ class LLMGuardMiddleware:
                 streaming = any(k.lower() == b"content-type" and b"text/event-stream" in v for k, v in headers)
                 if context.llm_calls and not streaming:
                     message["headers"] = [*headers, *await self._cost_headers(context)]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finish()
             await send(message)
 
         token = bind(context)
@@ -82,11 +96,7 @@ class LLMGuardMiddleware:
                 await send({"type": "http.response.body", "body": b"event: error\ndata: " + payload + b"\n\n"})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            guard.ledger.flush(context)
-            if context.llm_calls:
-                guard.metrics.action_cost.labels(guard.metrics.feature(context.resolve_feature())).observe(
-                    context.action_cost
-                )
+            finish()
             unbind(token)
 
     def _session_id(self, scope: Scope) -> str | None:

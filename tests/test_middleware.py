@@ -1,0 +1,143 @@
+"""LLMGuardMiddleware in a real Starlette app under uvicorn: sessions, features, /metrics, hostile ids."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import openai
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
+from llmguard import Guard, LLMGuardMiddleware
+from llmguard.testing import Scenario, SimulatedProvider, serve
+from llmguard.types import Message
+from tests.e2e.helpers import price, total, value
+
+MODEL = "gpt-4o-mini"
+
+
+def build_app(guard: Guard, provider_url: str) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client()
+        ) as llm:
+            app.state.llm = llm
+            yield
+
+    async def chat(request: Request) -> JSONResponse:
+        llm = request.app.state.llm
+        reply = await llm.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+        return JSONResponse({"reply": reply.choices[0].message.content})
+
+    async def stream(request: Request) -> StreamingResponse:
+        llm = request.app.state.llm
+
+        async def events() -> AsyncIterator[bytes]:
+            chunks = await llm.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield f"data: {chunk.choices[0].delta.content}\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    routes = [Route("/chat/{kind}", chat, methods=["POST"]), Route("/stream", stream, methods=["POST"])]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(LLMGuardMiddleware, guard=guard)
+    return app
+
+
+@pytest.fixture
+def app_url(guard: Guard, provider: SimulatedProvider, provider_url: str) -> AsyncIterator[str]:
+    provider.default = Scenario(input_tokens=100, content_chunks=10)
+    with serve(build_app(guard, provider_url)) as url:
+        yield url
+
+
+async def test_calls_are_attributed_to_session_and_route_template(
+    guard: Guard, registry: CollectorRegistry, app_url: str
+) -> None:
+    async with httpx.AsyncClient(base_url=app_url) as client:
+        first = await client.post("/chat/a", headers={"x-session-id": "alice"})
+        await client.post("/chat/b", headers={"x-session-id": "alice"})
+        await client.post("/stream", headers={"x-session-id": "bob"})
+        anonymous = await client.post("/chat/c")
+    cost = price("openai", MODEL, input=100, output=10)
+    assert first.headers["x-llmguard-session-cost-usd"] == f"{cost:.6f}"
+    assert "x-llmguard-session-cost-usd" not in anonymous.headers
+    labels = {"provider": "openai", "model": MODEL}
+    calls = "llmguard_llm_calls_total"
+    assert value(registry, calls, **labels, feature="/chat/{kind}", outcome="success", finish_reason="stop") == 3
+    assert value(registry, calls, **labels, feature="/stream", outcome="success", finish_reason="stop") == 1
+    alice, bob = await guard.get_session("alice"), await guard.get_session("bob")
+    assert alice is not None and alice.llm_calls == 2 and alice.spent_usd == pytest.approx(2 * cost)
+    assert bob is not None and bob.llm_calls == 1
+    # One observation of the per-request cost for every request that made a call.
+    assert value(registry, "llmguard_action_cost_usd_count", feature="/chat/{kind}") == 3
+    assert value(registry, "llmguard_action_cost_usd_sum", feature="/chat/{kind}") == pytest.approx(3 * cost)
+
+
+async def test_metrics_endpoint(guard: Guard, app_url: str) -> None:
+    async with httpx.AsyncClient(base_url=app_url) as client:
+        await client.post("/chat/a", headers={"x-session-id": "carol"})
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert 'llmguard_llm_calls_total{feature="/chat/{kind}"' in response.text
+    assert "llmguard_active_sessions 1.0" in response.text
+
+
+async def test_metrics_path_can_be_disabled(registry: CollectorRegistry, provider_url: str) -> None:
+    guard = Guard(registry=registry, metrics_path="")
+    with serve(build_app(guard, provider_url)) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            response = await client.get("/metrics")
+    assert response.status_code == 404
+
+
+async def test_ten_kilobyte_session_id_over_http(guard: Guard, registry: CollectorRegistry, app_url: str) -> None:
+    session_id = "s" * 10_240
+    async with httpx.AsyncClient(base_url=app_url) as client:
+        response = await client.post("/chat/a", headers={"x-session-id": session_id})
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 200
+    assert "sss" not in metrics
+    state = await guard.get_session(session_id)
+    assert state is not None and state.llm_calls == 1 and len(state.session_id) < 100
+
+
+@pytest.mark.parametrize("session_id", [b"evil\x00\x1b[31m\r\nx-injected: 1", b"\xff\xfe{tag}:x", b"   "])
+async def test_hostile_session_ids_never_break_the_request(
+    guard: Guard, registry: CollectorRegistry, provider_url: str, session_id: bytes
+) -> None:
+    # Control characters cannot cross a real HTTP hop, so the ASGI app is driven directly with the raw header.
+    app = build_app(guard, provider_url)
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/chat/a", "raw_path": b"/chat/a", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"app"), (b"x-session-id", session_id)], "server": ("app", 80), "client": ("c", 1),
+    }  # fmt: skip
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 200
+    assert all(b"injected" not in key for key, _ in sent[0]["headers"])
+    labels = " ".join(str(sample.labels) for family in registry.collect() for sample in family.samples)
+    assert "evil" not in labels and "tag" not in labels
+    assert total(registry, "llmguard_llm_calls_total") == 1
