@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -141,3 +145,43 @@ async def test_hostile_session_ids_never_break_the_request(
     labels = " ".join(str(sample.labels) for family in registry.collect() for sample in family.samples)
     assert "evil" not in labels and "tag" not in labels
     assert total(registry, "llmguard_llm_calls_total") == 1
+
+
+async def test_inbound_client_disconnect_finalises_the_call_once(
+    guard: Guard, registry: CollectorRegistry, provider: SimulatedProvider, app_url: str
+) -> None:
+    provider.default = Scenario(content_chunks=200, chunk_gap=0.01)
+    async with httpx.AsyncClient(base_url=app_url) as client:
+        async with client.stream("POST", "/stream", headers={"x-session-id": "dave"}) as response:
+            async for _line in response.aiter_lines():
+                break  # the browser tab closes
+    calls = "llmguard_llm_calls_total"
+    for _ in range(200):  # the server notices the disconnect on its own schedule
+        if total(registry, calls):
+            break
+        await asyncio.sleep(0.01)
+    labels = {"provider": "openai", "model": MODEL, "feature": "/stream"}
+    assert value(registry, calls, **labels, outcome="cancelled", finish_reason="unknown") == 1
+    await asyncio.sleep(0.1)
+    assert total(registry, calls) == 1
+    state = await guard.get_session("dave")
+    assert state is not None and state.llm_calls == 1 and state.held_usd == 0
+
+
+async def test_content_filter_logs_request_digest_not_text(
+    guard: Guard,
+    registry: CollectorRegistry,
+    provider: SimulatedProvider,
+    app_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    provider.default = Scenario(finish_reason="content_filter")
+    with caplog.at_level(logging.WARNING, logger="llmguard"):
+        async with httpx.AsyncClient(base_url=app_url) as client:
+            await client.post("/chat/a", headers={"x-session-id": "erin"})
+    messages = [{"role": "user", "content": "hi"}]
+    digest = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+    records = [r.getMessage() for r in caplog.records if "content filter" in r.getMessage()]
+    assert len(records) == 1 and digest in records[0] and "hi" not in records[0].replace(digest, "")
+    labels = {"provider": "openai", "model": MODEL, "feature": "/chat/{kind}"}
+    assert value(registry, "llmguard_llm_calls_total", **labels, outcome="success", finish_reason="content_filter") == 1
