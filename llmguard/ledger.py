@@ -204,7 +204,7 @@ class Ledger:
             session_id=call.reservation.session_id,
             feature=call.feature,
             cost_usd=cost,
-            estimate_usd=self._measured(call),
+            estimate_usd=self._measured(call) if cost is None else cost,
             tokens={
                 "input": usage.input,
                 "cache_read": usage.cache_read,

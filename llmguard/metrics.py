@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -83,6 +84,7 @@ class Metrics:
         self.store_errors = Counter(
             "llmguard_store_errors", "Failed budget-store operations.", ("operation",), registry=r
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._models = _BoundedLabel(max_models)
         self._features = _BoundedLabel(max_features)
 
@@ -94,23 +96,24 @@ class Metrics:
 
     def record_call(self, record: CallRecord, feature: str, *, count_call: bool) -> None:
         labels = (record.provider, self._models(record.model), self._features(feature))
+        child = self._child
         if count_call:
-            self.calls.labels(*labels, record.outcome, record.finish_reason).inc()
+            child(self.calls, (*labels, record.outcome, record.finish_reason)).inc()
         if record.retry_count > 0:
-            self.retries.labels(*labels).inc()
+            child(self.retries, labels).inc()
         if record.error_type is not None:
-            self.errors.labels(*labels, record.error_type).inc()
+            child(self.errors, (*labels, record.error_type)).inc()
         if not record.parsed:
-            self.unparsed.labels(*labels).inc()
+            child(self.unparsed, labels).inc()
         duration = record.duration
         if duration is not None:
-            self.duration.labels(*labels, "true" if record.stream else "false").observe(duration)
+            child(self.duration, (*labels, "true" if record.stream else "false")).observe(duration)
         ttft = record.time_to_first_token
         if ttft is not None:
-            self.ttft.labels(*labels).observe(ttft)
+            child(self.ttft, labels).observe(ttft)
         rate = record.output_tokens_per_second
         if rate is not None:
-            self.decode_rate.labels(*labels).observe(rate)
+            child(self.decode_rate, labels).observe(rate)
         if record.usage_known:
             usage = record.usage
             for kind, value in (
@@ -121,13 +124,21 @@ class Metrics:
                 ("reasoning", usage.reasoning),
             ):
                 if value:
-                    self.tokens.labels(*labels, kind).inc(value)
+                    child(self.tokens, (*labels, kind)).inc(value)
             if usage.total_input:
-                self.cache.labels(*labels, "hit" if usage.cache_read > 0 else "miss").inc()
+                child(self.cache, (*labels, "hit" if usage.cache_read > 0 else "miss")).inc()
         if record.cost_usd:
-            self.cost.labels(*labels).inc(record.cost_usd)
+            child(self.cost, labels).inc(record.cost_usd)
         if record.tool_calls:
-            self.tool_calls.labels(*labels).inc(len(record.tool_calls))
+            child(self.tool_calls, labels).inc(len(record.tool_calls))
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """`metric.labels(*labels)`, memoised: label values are bounded, and `labels()` is slow on a hot path."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
 
 class _BoundedLabel:

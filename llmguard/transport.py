@@ -167,9 +167,13 @@ def _sync_stream_class(library: str) -> type[_MeteredSyncStream]:
 
 
 def _library(obj: Any) -> str:
-    """`httpx` or `httpx2`: which library an object (a request, a transport) belongs to."""
-    module = type(obj).__module__
-    return module.split(".", 1)[0]
+    """`httpx` or `httpx2`: which library a request or a transport belongs to (subclasses included)."""
+    if isinstance(obj, httpx2.Request | httpx2.AsyncBaseTransport | httpx2.BaseTransport):
+        return "httpx2"
+    legacy = sys.modules.get("httpx")
+    if legacy is not None and isinstance(obj, legacy.Request | legacy.AsyncBaseTransport | legacy.BaseTransport):
+        return "httpx"
+    return "httpx2"  # a duck-typed transport: httpx2 objects are what it will be handed
 
 
 def _convert_request(request: Any, library: str, body: bytes) -> Any:

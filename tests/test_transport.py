@@ -240,3 +240,28 @@ async def test_guarded_client_under_instrument_meters_once(
     async with guard.async_client() as client:
         await client.post(f"{provider_url}/v1/chat/completions", json={**BODY, "stream": False})
     assert total(registry, "llmguard_llm_calls_total") == 1
+
+
+class _SubclassedTransport(httpx2.AsyncBaseTransport):
+    """A user's own transport class, defined outside any HTTP library's package."""
+
+    def __init__(self) -> None:
+        self.inner = httpx2.AsyncHTTPTransport()
+        self.seen = 0
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        self.seen += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_user_transport_subclass_as_inner(
+    guard: Guard, registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str
+) -> None:
+    inner = _SubclassedTransport()
+    async with httpx2.AsyncClient(transport=guard.async_transport(inner)) as client:
+        response = await client.post(f"{provider_url}/v1/chat/completions", json={**BODY, "stream": False})
+    assert response.status_code == 200 and inner.seen == 1
+    assert total(registry, "llmguard_llm_calls_total") == 1

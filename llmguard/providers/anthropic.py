@@ -54,12 +54,13 @@ class MessagesParser:
         kind = event.event
         record = self._record
         if kind == "content_block_delta":
-            obj = json.loads(event.data)
-            delta = obj.get("delta") or {}
-            if delta.get("type") == "input_json_delta":
-                seen = self._blocks.get(obj.get("index", 0))
-                if seen is not None:
-                    seen.arguments += delta.get("partial_json") or ""
+            if "input_json_delta" in event.data:  # only tool arguments are worth decoding
+                obj = json.loads(event.data)
+                delta = obj.get("delta") or {}
+                if delta.get("type") == "input_json_delta":
+                    seen = self._blocks.get(obj.get("index", 0))
+                    if seen is not None:
+                        seen.arguments += delta.get("partial_json") or ""
             return True
         if kind in ("ping", "content_block_stop"):
             return False

@@ -40,6 +40,19 @@ def read_usage(record: CallRecord, usage: Any) -> None:
     record.usage_known = True
 
 
+def _plain_content(data: str) -> bool:
+    """A chunk in OpenAI's own compact form that carries only non-empty text. JSON escapes every quote inside a
+    string, so these markers can only be structure; any other shape (spaces, tools, usage, an error) is decoded."""
+    return (
+        '"delta":{"content":"' in data
+        and '"delta":{"content":""' not in data
+        and '"finish_reason":null' in data
+        and '"tool_calls"' not in data
+        and '"usage":{' not in data
+        and data.count('"delta"') == 1
+    )
+
+
 class ChatParser:
     __slots__ = ("_record", "_tools")
 
@@ -52,6 +65,8 @@ class ChatParser:
         if data.startswith("[DONE]"):
             self._record.terminal = True
             return False
+        if _plain_content(data) and self._record.response_model is not None:
+            return True  # the bulk of a stream: a text delta and nothing else, no need to decode it
         obj = json.loads(data)
         if not isinstance(obj, dict):
             return False
