@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Final, Literal
 
 __all__ = ["BudgetExceeded", "GuardBlocked", "LoopDetected"]
@@ -87,6 +88,27 @@ class LoopDetected(GuardBlocked):
 
 
 _QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_error"})
+
+
+# The official SDKs re-raise their own base error untouched but wrap any other exception a transport raises (anthropic
+# turns it into a retried APIConnectionError). A block is therefore raised as a subclass of the SDKs' base errors too.
+_SDK_BASE_ERRORS = (("anthropic", "AnthropicError"), ("openai", "OpenAIError"))
+
+
+def raisable(cls: type[GuardBlocked]) -> type[GuardBlocked]:
+    """`cls`, extended with the base error class of every official SDK the process has imported."""
+    bases = tuple(getattr(sys.modules[module], name) for module, name in _SDK_BASE_ERRORS if module in sys.modules)
+    if not bases:
+        return cls
+    key = (cls, *bases)
+    mixed = _mixed.get(key)
+    if mixed is None:
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        mixed = _mixed[key] = type(cls.__name__, (cls, *bases), namespace)
+    return mixed
+
+
+_mixed: dict[tuple[type[Exception], ...], type[GuardBlocked]] = {}
 
 
 def error_type_for_status(status: int, code: str | None = None) -> ErrorType:

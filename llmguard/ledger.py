@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from llmguard.context import SessionContext, current
-from llmguard.errors import BudgetExceeded, GuardBlocked, LoopDetected
+from llmguard.errors import BudgetExceeded, GuardBlocked, LoopDetected, raisable
 from llmguard.metrics import Metrics
 from llmguard.pricing import Prices, estimate_input_tokens
 from llmguard.providers import Adapter, RequestInfo
@@ -164,7 +164,7 @@ class Ledger:
     def _block(self, call: Call, admission: Admission, detail: str) -> None:
         reason = admission.reason or "session_budget"
         self.metrics.blocks.labels(self.metrics.feature(call.feature), reason).inc()
-        cls = _BLOCK_CLASSES.get(reason, BudgetExceeded)
+        cls = raisable(_BLOCK_CLASSES.get(reason, BudgetExceeded))
         error = cls(
             reason,
             detail,
@@ -240,8 +240,7 @@ class Ledger:
             return
         if call.record.cost_usd is None and call.context is not None:
             call.context.action_cost += result.charged_usd
-        threshold = self.settings.loop_warn_threshold
-        if result.blocked_reason is None and threshold and result.loop_repeats == threshold:
+        if result.loop_warning:
             self.metrics.loop_warnings.labels(self.metrics.feature(call.feature)).inc()
             logger.warning("llmguard: session %s repeats its tool calls", call.reservation.session_id)
 

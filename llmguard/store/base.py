@@ -65,6 +65,7 @@ class SettleResult:
     charged_usd: float
     session_spent_usd: float = 0.0
     loop_repeats: int = 0
+    loop_warning: bool = False  # this settle took the session to `loop_warn_threshold` for the first time
     blocked_reason: BlockReason | None = None
     already_settled: bool = False
 

@@ -32,6 +32,7 @@ class _Session(_Totals):
     tool_calls: int = 0
     history: deque[str] = field(default_factory=deque)
     blocked: BlockReason | None = None
+    loop_warned: bool = False
     last_activity: float = 0.0
 
 
@@ -64,7 +65,7 @@ class MemoryStore:
             caps = reservation.caps
             session = self._session(reservation, now) if reservation.session_key else None
             day = time.strftime("%Y-%m-%d", time.gmtime(now))
-            windows = []
+            windows: list[tuple[str, float, BlockReason]] = []
             if caps.feature_daily_budget_usd is not None:
                 windows.append(
                     (f"f:{day}:{reservation.feature}", caps.feature_daily_budget_usd, "feature_daily_budget")
@@ -137,9 +138,11 @@ class MemoryStore:
             repeats = loop_repeats(list(session.history)) if settlement.tool_signatures else 0
             if repeats >= settlement.loop_repeat_threshold:
                 session.blocked = "loop_detected"
+            warning = repeats >= settlement.loop_warn_threshold > 0 and not session.loop_warned
+            session.loop_warned = session.loop_warned or warning
             session.last_activity = now
             session.expires_at = now + settlement.session_ttl_seconds
-            return SettleResult(charged, session.spent, repeats, session.blocked)
+            return SettleResult(charged, session.spent, repeats, warning, session.blocked)
 
     def get_session_sync(self, session_key: str) -> SessionState | None:
         with self._lock:
