@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class SessionContext:
     # Retryable failed attempts, by request fingerprint, held back until the SDK retries them or the unit ends:
     # only then is it known whether they ended the logical call.
     pending_failures: dict[str, CallRecord] = field(default_factory=dict)
+    settling: list[asyncio.Task[None]] = field(default_factory=list)  # settlements of this unit still in flight
 
     def resolve_feature(self) -> str:
         if self.feature is None:

@@ -138,7 +138,7 @@ class SessionBinding:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self._ledger.drain()
+        await self._ledger.drain(self.context)
         self.__exit__()
 
 

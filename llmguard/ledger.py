@@ -123,10 +123,21 @@ class Ledger:
                 record.outcome, record.finish_reason,
             ).inc()  # fmt: skip
 
-    async def drain(self) -> None:
-        """Wait for settlements still in flight (shutdown, tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def drain(self, context: SessionContext | None = None) -> None:
+        """Wait for settlements still in flight: a unit of work's own (before its response ends), or all of them
+        (inspection, shutdown). Settlements running on another thread's event loop are waited for by polling."""
+        loop = asyncio.get_running_loop()
+        while True:
+            pending = [t for t in (context.settling if context else self._tasks) if not t.done()]
+            if not pending:
+                break
+            mine = [task for task in pending if task.get_loop() is loop]
+            if mine:
+                await asyncio.gather(*mine, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.001)
+        if context is not None:
+            context.settling.clear()
 
     # -- internals --
 
@@ -231,6 +242,8 @@ class Ledger:
         task = loop.create_task(self._settle_async(call, settlement))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if call.context is not None:
+            call.context.settling.append(task)
 
     async def _settle_async(self, call: Call, settlement: Settlement) -> None:
         self._settled(call, await self.store.settle(settlement))

@@ -79,6 +79,7 @@ class LLMGuardMiddleware:
                 if context.llm_calls and not streaming:
                     message["headers"] = [*headers, *await self._cost_headers(context)]
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                await guard.ledger.drain(context)
                 finish()
             await send(message)
 
@@ -112,7 +113,7 @@ class LLMGuardMiddleware:
         if context.session_id is None:
             return [(b"x-llmguard-action-cost-usd", f"{context.action_cost:.6f}".encode())]
         guard = self.guard
-        await guard.ledger.drain()
+        await guard.ledger.drain(context)
         state = await guard.store.get_session(session_key(context.session_id))
         spent = state.spent_usd if state is not None else context.action_cost
         headers = [(b"x-llmguard-session-cost-usd", f"{spent:.6f}".encode())]
