@@ -92,4 +92,24 @@ def _feature_from_scope(scope: Scope | None, settings: GuardSettings | None) -> 
     template = scope.get("path_template")  # Litestar
     if isinstance(template, str) and template:
         return template
-    return UNKNOWN_FEATURE
+    return _match_route(scope) or UNKNOWN_FEATURE
+
+
+def _match_route(scope: Scope) -> str | None:
+    """Before routing has run (a request refused at the door), find the route the way Starlette's router will."""
+    app = scope.get("app")
+    routes = getattr(getattr(app, "router", app), "routes", None)
+    if not routes:
+        return None
+    for route in routes:
+        matches = getattr(route, "matches", None)
+        path = getattr(route, "path", None)
+        if matches is None or not isinstance(path, str):
+            continue
+        try:
+            match, _ = matches(scope)
+        except Exception:
+            continue
+        if getattr(match, "name", None) == "FULL":
+            return path
+    return None

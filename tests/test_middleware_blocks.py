@@ -129,5 +129,5 @@ async def test_blocked_session_is_refused_before_the_app_runs(
     assert again.status_code == 429 and again.json()["reason"] == "session_llm_calls"
     assert runs == ["/calls/1"]  # only the other session's request reached the app
     assert other.status_code == 200
-    assert value(registry, "llmguard_guard_blocks_total", feature="unknown", reason="session_llm_calls") == 1
-    assert value(registry, "llmguard_guard_blocks_total", feature="/calls/{n:int}", reason="session_llm_calls") == 1
+    # Both blocks are labelled with the route, the refusal at the door (before routing) included.
+    assert value(registry, "llmguard_guard_blocks_total", feature="/calls/{n:int}", reason="session_llm_calls") == 2

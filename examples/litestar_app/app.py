@@ -8,13 +8,9 @@ httpx clients inside them. The session is the `x-session-id` request header; the
     OPENAI_BASE_URL=http://127.0.0.1:8100/v1 ANTHROPIC_BASE_URL=http://127.0.0.1:8100 \
         uvicorn app:app --app-dir examples/litestar_app --port 8000
 
-Two Litestar specifics:
-
-* Litestar runs app middleware only for routes that exist, so `/metrics` is a route here (an ASGI handler serving
-  `guard.metrics_app`).
-* Litestar puts its own exception handler between a route handler and the middleware, so an unhandled
-  `GuardBlocked` would become a 500 before `LLMGuardMiddleware` sees it. The app-level exception handler below
-  answers it the way the middleware does on Starlette / FastAPI: 402 or 429 `application/problem+json`.
+On Litestar, `LLMGuardPlugin` wires llmguard in: the middleware, the 402/429 `application/problem+json` answer to
+an unhandled `GuardBlocked` (Litestar's own exception handling sits in front of app middleware), and `GET /metrics`
+(Litestar runs app middleware only for routes that exist).
 """
 
 from __future__ import annotations
@@ -27,14 +23,13 @@ from typing import Annotated, Any, Literal
 
 import anthropic
 import openai
-from litestar import Litestar, Request, Response, asgi, post
-from litestar.middleware import DefineMiddleware
+from litestar import Litestar, Response, post
 from litestar.params import Body
 from litestar.response import Stream
-from litestar.types import Receive, Scope, Send
 from pydantic import BaseModel, Field
 
-from llmguard import Guard, GuardBlocked, LLMGuardMiddleware
+from llmguard import Guard
+from llmguard.litestar import LLMGuardPlugin
 
 Provider = Literal["openai", "anthropic"]
 
@@ -80,10 +75,6 @@ def run_tool(name: str, arguments: dict[str, Any]) -> str:
     return lookup(str(arguments.get("query", "")))
 
 
-def guard_blocked(request: Request[Any, Any, Any], exc: GuardBlocked) -> Response[Any]:
-    return Response(content=exc.problem(), status_code=exc.status_code, media_type="application/problem+json")
-
-
 guard = Guard()  # settings from LLMGUARD_* environment variables; the in-memory store unless LLMGUARD_REDIS_URL
 
 
@@ -103,10 +94,6 @@ def create_app(guard: Guard = guard) -> Litestar:
             await clients.pop("anthropic").close()
             guard.uninstrument()
             await guard.aclose()
-
-    @asgi("/metrics", copy_scope=False)
-    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
-        await guard.metrics_app(scope, receive, send)  # type: ignore[arg-type]
 
     @post("/chat", status_code=200)
     async def chat(data: Annotated[ChatRequest, Body()]) -> Response[Any]:
@@ -140,10 +127,9 @@ def create_app(guard: Guard = guard) -> Litestar:
         return {"answer": answer, "steps": steps}
 
     return Litestar(
-        route_handlers=[chat, agent, metrics],
+        route_handlers=[chat, agent],
         lifespan=[lifespan],
-        middleware=[DefineMiddleware(LLMGuardMiddleware, guard=guard)],
-        exception_handlers={GuardBlocked: guard_blocked},
+        plugins=[LLMGuardPlugin(guard)],  # the middleware, 402/429 problem documents, and GET /metrics
     )
 
 
