@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from ._builtin import builtin_scenario
 from ._channel import Channel
 from ._respond import ANTHROPIC, OPENAI_CHAT, OPENAI_RESPONSES, ApiSpec, respond, send_error
+from ._generation import Generation
 from ._scenario import Scenario, apply_overrides
 
 __all__ = ["SCENARIO_HEADER", "RecordedRequest", "SimulatedProvider"]
@@ -40,6 +41,9 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     json: Any  # the parsed request body (None if it was not valid JSON)
     received_at: float  # time.monotonic() when the request arrived
+    # The usage the answer reports (total input incl. cache, cache_read, cache_write, output, reasoning), or None
+    # when the answer is an error and reports none.
+    usage: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,7 +153,6 @@ class SimulatedProvider:
         parsed = isinstance(body, dict)
         model = str(body.get("model", "")) if parsed else ""
         stream = parsed and body.get("stream") is True
-        self.requests.append(RecordedRequest(scope["path"], api.name, model, stream, headers, body, received_at))
 
         request_id = api.new_request_id()
         scenario: Scenario | None = None
@@ -159,6 +162,9 @@ class SimulatedProvider:
                 scenario = self.scenario_for(model, api.name, body, headers.get(SCENARIO_HEADER))
             except ValueError as exc:
                 problem = str(exc)
+        usage = _reported_usage(scenario, model, body, len(raw)) if scenario is not None else None
+        record = RecordedRequest(scope["path"], api.name, model, stream, headers, body, received_at, usage)
+        self.requests.append(record)
         channel = Channel(receive, send, scenario.slice_sizes if scenario is not None else ())
         try:
             if scenario is None:
@@ -167,6 +173,19 @@ class SimulatedProvider:
                 await respond(channel, api, scenario, body, len(raw), request_id, received_at)
         finally:
             await channel.close()
+
+
+def _reported_usage(scenario: Scenario, model: str, body: Any, body_size: int) -> dict[str, int] | None:
+    if scenario.error_status is not None or (body.get("stream") is True and scenario.error_after_chunks is not None):
+        return None
+    gen = Generation.build(scenario, model, body, body_size)
+    return {
+        "input": gen.input_tokens,
+        "cache_read": gen.cache_read,
+        "cache_write": gen.cache_write,
+        "output": gen.output_tokens,
+        "reasoning": gen.reasoning,
+    }
 
 
 async def _read_body(receive: Receive) -> bytes | None:
