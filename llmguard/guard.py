@@ -106,8 +106,25 @@ class Guard:
         return await self.store.top_sessions(limit)
 
     async def aclose(self) -> None:
+        """Finish settlements in flight and close the store's connections (call it at shutdown)."""
         await self.ledger.drain()
         await self.store.aclose()
+
+    def close(self) -> None:
+        """Close the store's sync connections (for apps that only use the sync transport)."""
+        self.store.close()
+
+    async def __aenter__(self) -> Guard:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _key(self, session_id: str) -> str:
         normalised = normalise_session_id(session_id, self.settings.max_session_id_length)
@@ -152,11 +169,8 @@ class MetricsApp:
         if scope["type"] != "http":
             return
         guard = self._guard
-        try:
-            active = await guard.store.primary.active_sessions(guard.settings.session_ttl_seconds)
-            guard.metrics.active_sessions.set(active)
-        except Exception:
-            guard.metrics.store_errors.labels("active_sessions").inc()
+        active = await guard.store.active_sessions(guard.settings.session_ttl_seconds)
+        guard.metrics.active_sessions.set(active)
         body, content_type = exposition(guard.registry)
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -84,6 +84,9 @@ class Ledger:
         return call
 
     async def admit(self, call: Call) -> None:
+        if call.context is not None:
+            # The session's earlier calls must be in the books first: their cost and tool calls decide this one.
+            await self.drain(call.context)
         self._check(call, await self.store.reserve(call.reservation))
 
     def admit_sync(self, call: Call) -> None:

@@ -49,7 +49,8 @@ class GuardSettings(BaseSettings):
     redis_url: SecretStr | None = None
     redis_cluster: bool = False
     redis_prefix: str = "llmguard"
-    redis_timeout_seconds: float = 0.05
+    redis_timeout_seconds: float = 0.05  # per command on the charge path
+    redis_connect_timeout_seconds: float = 0.5  # opening a connection (a cold pool under a burst needs more)
     session_ttl_seconds: int = 24 * 3600
     hold_ttl_seconds: int = 600
     store_failure: Literal["open", "closed"] = "open"

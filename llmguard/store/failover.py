@@ -88,12 +88,30 @@ class FailoverStore:
             self._failed("end_session", exc)
         return ended
 
+    def end_session_sync(self, session_key: str) -> SessionState | None:
+        ended = self._fallback.end_session_sync(session_key) if self._fallback is not self.primary else None
+        try:
+            return self.primary.end_session_sync(session_key) or ended
+        except Exception as exc:
+            self._failed("end_session", exc)
+        return ended
+
     async def top_sessions(self, limit: int) -> list[SessionState]:
         try:
             return await self.primary.top_sessions(limit)
         except Exception as exc:
             self._failed("top_sessions", exc)
-        return await self._fallback.top_sessions(limit)
+        return self._fallback.top_sessions_sync(limit)
+
+    async def active_sessions(self, within_seconds: int) -> int:
+        try:
+            return await self.primary.active_sessions(within_seconds)
+        except Exception as exc:
+            self._failed("active_sessions", exc)
+        return self._fallback.active_sessions_sync(within_seconds)
 
     async def aclose(self) -> None:
         await self.primary.aclose()
+
+    def close(self) -> None:
+        self.primary.close()

@@ -230,8 +230,8 @@ class MemoryStore:
             session = self._sessions.get(hold.session_key)
             if session is not None:
                 session.held = max(session.held - hold.usd, 0.0)
-                session.held_tokens -= hold.tokens
-                session.held_calls -= 1 if hold.counted else 0
+                session.held_tokens = max(session.held_tokens - hold.tokens, 0)
+                session.held_calls = max(session.held_calls - (1 if hold.counted else 0), 0)
         for key in hold.window_keys:
             totals = self._windows.get(key)
             if totals is not None:

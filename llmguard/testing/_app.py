@@ -13,8 +13,8 @@ from starlette.types import Receive, Scope, Send
 
 from ._builtin import builtin_scenario
 from ._channel import Channel
-from ._respond import ANTHROPIC, OPENAI_CHAT, OPENAI_RESPONSES, ApiSpec, respond, send_error
 from ._generation import Generation
+from ._respond import ANTHROPIC, OPENAI_CHAT, OPENAI_RESPONSES, ApiSpec, respond, send_error
 from ._scenario import Scenario, apply_overrides
 
 __all__ = ["SCENARIO_HEADER", "RecordedRequest", "SimulatedProvider"]
