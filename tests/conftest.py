@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from llmguard import Guard
 from llmguard.testing import SimulatedProvider, serve
 from llmguard.types import Receive, Scope, Send
+from tests.servers import redis_cluster
 
 
 class ProviderSwitch:
@@ -37,6 +38,13 @@ def provider(provider_server: tuple[ProviderSwitch, str]) -> SimulatedProvider:
 @pytest.fixture
 def provider_url(provider_server: tuple[ProviderSwitch, str], provider: SimulatedProvider) -> str:
     return provider_server[1]
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-master Redis Cluster on loopback, started once per test session."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,13 +1,7 @@
 from __future__ import annotations
 
-import random
-import shutil
-import socket
-import subprocess
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
@@ -44,88 +38,6 @@ def prefix() -> Iterator[str]:
 def redis_client() -> Iterator[redis.Redis]:
     with redis.Redis.from_url(REDIS_URL) as client:
         yield client
-
-
-def _free_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too: ephemeral ports would overflow."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 30000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 10000))
-        except OSError:
-            continue
-        return port
-
-
-@pytest.fixture(scope="session")
-def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A three-master Redis Cluster on loopback, started once per test session."""
-    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
-    if server is None or cli is None:
-        pytest.skip("redis-server and redis-cli are needed for the cluster tests")
-    folder: Path = tmp_path_factory.mktemp("cluster")
-    ports: list[int] = []
-    while len(ports) < 3:
-        port = _free_port()
-        if port not in ports:
-            ports.append(port)
-    nodes = [_start_node(server, port, folder) for port in ports]
-    try:
-        for port in ports:
-            _wait(lambda port=port: _node_ready(port, cluster=False))
-        subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{port}" for port in ports), "--cluster-replicas", "0",
-             "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )  # fmt: skip
-        for port in ports:
-            _wait(lambda port=port: _node_ready(port, cluster=True))
-        yield f"redis://127.0.0.1:{ports[0]}/0"
-    finally:
-        for node in nodes:
-            node.terminate()
-        for node in nodes:
-            node.wait(timeout=10)
-
-
-def _start_node(server: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-            "--cluster-config-file", str(folder / f"nodes-{port}.conf"), "--dir", str(folder),
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def _node_ready(port: int, *, cluster: bool) -> bool:
-    try:
-        with redis.Redis(port=port) as client:
-            if not cluster:
-                return bool(client.ping())
-            info = client.execute_command("CLUSTER INFO")
-    except redis.RedisError:
-        return False
-    if isinstance(info, dict):
-        return info.get("cluster_state") == "ok"
-    return b"cluster_state:ok" in (info if isinstance(info, bytes) else str(info).encode())
-
-
-def _wait(ready: Callable[[], bool], seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        if ready():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError("the Redis node did not come up")
-        time.sleep(0.05)
 
 
 @pytest.fixture(params=["memory", "redis", "cluster"])
