@@ -6,7 +6,6 @@ import asyncio
 import math
 import random
 import re
-import shutil
 import socket
 import subprocess
 import threading
@@ -24,6 +23,7 @@ from llmguard.settings import GuardSettings
 from llmguard.store.base import Caps
 from llmguard.store.keys import session_key
 from llmguard.store.redis import PICO, SESSION_RESERVE, RedisStore
+from tests.servers import redis_binaries
 from tests.store.conftest import redis_settings
 from tests.store.helpers import reservation, settlement
 from tests.store.test_behaviour import HOSTILE_IDS
@@ -190,9 +190,7 @@ async def test_a_silent_server_fails_fast_without_retries(silent_server: tuple[s
 
 @pytest.fixture
 def unix_socket_url(tmp_path: Path) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is needed")
+    server, _ = redis_binaries()
     path = tmp_path / "redis.sock"
     process = subprocess.Popen(
         [server, "--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700", "--save", "",
