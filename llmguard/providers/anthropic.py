@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from llmguard.errors import error_type_for_stream_error
-from llmguard.providers.base import RequestInfo, digest, first_int, int_or_none
+from llmguard.providers.base import RequestInfo, int_or_none
 from llmguard.record import CallRecord, FinishReason, ToolCallSeen, Usage
 from llmguard.sse import SSEEvent
 
@@ -118,13 +118,7 @@ class AnthropicAdapter:
         return path.endswith("/v1/messages")
 
     def read_request(self, body: dict[str, Any]) -> RequestInfo:
-        messages = body.get("messages")
-        return RequestInfo(
-            model=str(body.get("model") or "unknown"),
-            stream=body.get("stream") is True,
-            max_output_tokens=first_int(body, "max_tokens"),
-            digest=digest([body.get("system"), messages]),
-        )
+        return RequestInfo.read(body, [body.get("system"), body.get("messages")], "max_tokens")
 
     def parser(self, record: CallRecord) -> MessagesParser:
         return MessagesParser(record)

@@ -19,6 +19,16 @@ class RequestInfo:
     max_output_tokens: int | None
     digest: str  # sha256 of the request's messages
 
+    @classmethod
+    def read(cls, body: dict[str, Any], prompt: Any, *max_output_keys: str) -> RequestInfo:
+        """`prompt` is what the digest covers: the messages (and system prompt) a content filter judged."""
+        return cls(
+            model=str(body.get("model") or "unknown"),
+            stream=body.get("stream") is True,
+            max_output_tokens=first_int(body, *max_output_keys),
+            digest=digest(prompt),
+        )
+
 
 class ResponseParser(Protocol):
     def event(self, event: SSEEvent) -> bool:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from llmguard.errors import error_type_for_stream_error
-from llmguard.providers.base import RequestInfo, digest, first_int, int_or_none
+from llmguard.providers.base import RequestInfo, int_or_none
 from llmguard.record import CallRecord, FinishReason, ToolCallSeen, Usage
 from llmguard.sse import SSEEvent
 
@@ -128,13 +128,7 @@ class OpenAIChatAdapter:
         return path.endswith("/chat/completions")
 
     def read_request(self, body: dict[str, Any]) -> RequestInfo:
-        messages = body.get("messages")
-        return RequestInfo(
-            model=str(body.get("model") or "unknown"),
-            stream=body.get("stream") is True,
-            max_output_tokens=first_int(body, "max_completion_tokens", "max_tokens"),
-            digest=digest(messages),
-        )
+        return RequestInfo.read(body, body.get("messages"), "max_completion_tokens", "max_tokens")
 
     def parser(self, record: CallRecord) -> ChatParser:
         return ChatParser(record)

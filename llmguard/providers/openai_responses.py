@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from llmguard.errors import error_type_for_stream_error
-from llmguard.providers.base import RequestInfo, digest, first_int, int_or_none
+from llmguard.providers.base import RequestInfo, int_or_none
 from llmguard.record import CallRecord, ToolCallSeen, Usage
 from llmguard.sse import SSEEvent
 
@@ -110,13 +110,7 @@ class OpenAIResponsesAdapter:
         return path.endswith("/responses")
 
     def read_request(self, body: dict[str, Any]) -> RequestInfo:
-        prompt = body.get("input")
-        return RequestInfo(
-            model=str(body.get("model") or "unknown"),
-            stream=body.get("stream") is True,
-            max_output_tokens=first_int(body, "max_output_tokens"),
-            digest=digest([body.get("instructions"), prompt]),
-        )
+        return RequestInfo.read(body, [body.get("instructions"), body.get("input")], "max_output_tokens")
 
     def parser(self, record: CallRecord) -> ResponsesParser:
         return ResponsesParser(record)
