@@ -54,6 +54,14 @@ USAGE = {
 }
 
 
+USAGE = {
+    "prompt_tokens": 10,
+    "completion_tokens": 7,
+    "prompt_tokens_details": {"cached_tokens": 4},
+    "completion_tokens_details": {"reasoning_tokens": 2},
+}
+
+
 def test_chat_tool_call_fragments_are_grouped_by_choice_and_index() -> None:
     def call(index: int, **function: Any) -> dict[str, Any]:
         return {"index": index, "function": function}
@@ -65,15 +73,7 @@ def test_chat_tool_call_fragments_are_grouped_by_choice_and_index() -> None:
         + chat_chunk([{"index": 0, "delta": {"tool_calls": [{**call(1, name="fetch", arguments="{}"), "id": "b"}]}}])
         + chat_chunk([{"index": 0, "delta": {"tool_calls": [call(0, arguments='"x"}')]}}])
         + chat_chunk([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])
-        + chat_chunk(
-            [],
-            usage={
-                "prompt_tokens": 10,
-                "completion_tokens": 7,
-                "prompt_tokens_details": {"cached_tokens": 4},
-                "completion_tokens_details": {"reasoning_tokens": 2},
-            },
-        )  # fmt: skip
+        + chat_chunk([], usage=USAGE)
     )
     record, _ = stream("/openai/deployments/gpt/chat/completions", wire)
     assert [(t.name, t.signature()) for t in record.tool_calls] == [
