@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Iterator
 
 import anthropic
 import openai
@@ -10,19 +11,34 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from llmguard import Guard
-from llmguard.testing import Scenario, SimulatedProvider
+from llmguard.testing import SCENARIO_HEADER
+from tests.servers import provider_process
 
 FIRST_TOKEN_DELAY = 0.25
 CHUNK_GAP = 0.01  # one token per chunk: 100 tokens/s
 CHUNKS = 41
 
 
+@pytest.fixture(scope="module")
+def paced_provider() -> Iterator[str]:
+    # A process of its own, so the provider's pacing never waits on this process's GIL.
+    with provider_process() as url:
+        yield url
+
+
 @pytest.fixture
 async def clients(
-    guard: Guard, provider_url: str
+    guard: Guard, paced_provider: str
 ) -> AsyncIterator[tuple[openai.AsyncOpenAI, anthropic.AsyncAnthropic]]:
-    oai = openai.AsyncOpenAI(base_url=f"{provider_url}/v1", api_key="test", http_client=guard.async_client())
-    claude = anthropic.AsyncAnthropic(base_url=provider_url, api_key="test", http_client=guard.async_client())
+    scenario = {"first_token_delay": FIRST_TOKEN_DELAY, "chunk_gap": CHUNK_GAP, "content_chunks": CHUNKS}
+    headers = {SCENARIO_HEADER: json.dumps(scenario)}
+    url = paced_provider
+    oai = openai.AsyncOpenAI(
+        base_url=f"{url}/v1", api_key="t", http_client=guard.async_client(), default_headers=headers
+    )
+    claude = anthropic.AsyncAnthropic(
+        base_url=url, api_key="t", http_client=guard.async_client(), default_headers=headers
+    )
     yield oai, claude
     await oai.close()
     await claude.close()
@@ -32,12 +48,10 @@ async def clients(
 async def test_ttft_and_decode_rate_match_the_provider(
     guard: Guard,
     registry: CollectorRegistry,
-    provider: SimulatedProvider,
     clients: tuple[openai.AsyncOpenAI, anthropic.AsyncAnthropic],
     api: str,
 ) -> None:
     oai, claude = clients
-    provider.default = Scenario(first_token_delay=FIRST_TOKEN_DELAY, chunk_gap=CHUNK_GAP, content_chunks=CHUNKS)
     messages = [{"role": "user", "content": "count"}]
     async with guard.session("s-timing", feature="timing"):
         if api == "chat":
