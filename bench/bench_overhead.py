@@ -23,6 +23,7 @@ from starlette.routing import Route
 from llmguard import Guard, LLMGuardMiddleware
 
 MODEL = "gpt-4o-mini"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello " * 20}], "stream": True}
 
 
@@ -79,7 +80,7 @@ async def best_of(run: Callable[[], Awaitable[float]], repeats: int = 7) -> floa
 async def bench_transport(guard: Guard, tokens: int, calls: int) -> tuple[float, float]:
     chunks = sse_chunks(tokens)
     async with httpx2.AsyncClient(transport=CannedProvider(chunks)) as plain:
-        async with guard.async_client(transport=CannedProvider(chunks)) as guarded:
+        async with guard.async_client(transport=CannedProvider(chunks)) as guarded, guard.session("bench-session"):
             await per_call(plain, 20)
             await per_call(guarded, 20)
             baseline = await best_of(lambda: per_call(plain, calls))
@@ -108,18 +109,24 @@ async def bench_middleware(guard: Guard, requests: int) -> tuple[float, float]:
     return await best_of(lambda: drive(bare)), await best_of(lambda: drive(wrapped))
 
 
+def row(case: str, baseline: float, measured: float) -> None:
+    added = measured - baseline
+    print(
+        f"{case:<44}{baseline * 1e6:>10.0f}µs{measured * 1e6:>10.0f}µs{added * 1e6:>10.0f}µs{measured / baseline:>8.2f}"
+    )
+
+
 async def main() -> None:
+    print(f"{'case':<44}{'baseline':>12}{'llmguard':>12}{'added':>12}{'ratio':>8}")
     guard = Guard(registry=CollectorRegistry())
-    print(f"{'case':<34}{'baseline':>12}{'llmguard':>12}{'added':>12}{'ratio':>8}")
     for tokens, calls in ((1, 300), (100, 100), (1000, 20)):
-        baseline, metered = await bench_transport(guard, tokens, calls)
-        row = f"streamed call, {tokens} tokens"
-        print(f"{row:<34}{baseline * 1e6:>10.0f}µs{metered * 1e6:>10.0f}µs{(metered - baseline) * 1e6:>10.0f}µs"
-              f"{metered / baseline:>8.2f}")  # fmt: skip
-    baseline, wrapped = await bench_middleware(guard, 300)
-    row = "inbound request (no LLM call)"
-    print(f"{row:<34}{baseline * 1e6:>10.0f}µs{wrapped * 1e6:>10.0f}µs{(wrapped - baseline) * 1e6:>10.0f}µs"
-          f"{wrapped / baseline:>8.2f}")  # fmt: skip
+        row(f"streamed call, {tokens} tokens, memory store", *await bench_transport(guard, tokens, calls))
+    redis_guard = Guard(registry=CollectorRegistry(), redis_url=REDIS_URL, redis_prefix="llmguard-bench")
+    try:
+        row("streamed call, 100 tokens, Redis store", *await bench_transport(redis_guard, 100, 100))
+    finally:
+        await redis_guard.aclose()
+    row("inbound request (no LLM call)", *await bench_middleware(guard, 300))
 
 
 if __name__ == "__main__":

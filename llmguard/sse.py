@@ -39,6 +39,32 @@ class SSEParser:
         self._last_id = ""
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._pending_cr or b"\r" in chunk:
+            return self._feed_any(chunk)
+        # The common case, LF line ends only: let bytes.split find the lines.
+        lines = chunk.split(b"\n")
+        if self._buffer:
+            lines[0] = bytes(self._buffer) + lines[0]
+            self._buffer.clear()
+        tail = lines.pop()  # the unterminated rest (empty when the chunk ends with a line end)
+        events: list[SSEEvent] = []
+        for line in lines:
+            if line.startswith(b"data:"):
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                self._has_data = True
+                self._data_size += len(value) + 1
+                if self._data_size <= self._max_event_bytes:
+                    self._data.append(value.decode("utf-8", "replace"))
+                continue
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        if tail:
+            self._buffer += tail
+        return events
+
+    def _feed_any(self, chunk: bytes) -> list[SSEEvent]:
+        """Any mix of CR, LF and CRLF line ends, a CR at the end of one chunk and its LF at the start of the next."""
         events: list[SSEEvent] = []
         if not chunk:
             return events
@@ -119,7 +145,7 @@ class SSEParser:
         truncated = self._data_size > self._max_event_bytes
         event = SSEEvent(
             event=self._event or "message",
-            data="" if truncated else "\n".join(self._data),
+            data="" if truncated else self._data[0] if len(self._data) == 1 else "\n".join(self._data),
             id=self._last_id,
             truncated=truncated,
         )
