@@ -248,3 +248,17 @@ def test_settings_are_checked() -> None:
         RedisStore(GuardSettings())
     with pytest.raises(ValueError, match="prefix"):
         RedisStore(GuardSettings(redis_url="redis://127.0.0.1:6379/0", redis_prefix="app{1}"))
+
+
+async def test_a_resent_reservation_after_the_session_ended_still_expires(
+    prefix: str, redis_client: redis.Redis
+) -> None:
+    store = RedisStore(redis_settings(prefix))
+    try:
+        await store.reserve(reservation("again", "gone"))
+        await store.end_session(session_key("gone"))
+        assert (await store.reserve(reservation("again", "gone"))).allowed  # the same call id, resent
+    finally:
+        await store.aclose()
+    ttls = {key: redis_client.pttl(key) for key in scan(redis_client, prefix)}
+    assert ttls and all(ttl > 0 for ttl in ttls.values()), ttls

@@ -22,6 +22,9 @@ local spent = num(s[1])
 -- The same reservation again (a command resent after a timeout) is admitted once.
 local existing = redis.call('ZSCORE', expiries, call_id)
 if existing then
+  if created then
+    redis.call('PEXPIRE', state, int(session_ttl))  -- never leave a key without a TTL
+  end
   return {1, '', spent_raw, now, existing, ''}
 end
 
