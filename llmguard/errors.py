@@ -41,8 +41,9 @@ COST_REASONS: Final = frozenset({"session_budget", "feature_daily_budget", "dail
 class GuardBlocked(Exception):
     """An LLM call was refused before it reached the provider.
 
-    It deliberately derives from `Exception` and from no HTTP error class, so the official SDKs neither wrap it nor
-    retry it: it reaches the caller at once, as itself.
+    It derives from no HTTP error class, so nothing treats it as a transient network failure. When raised from a
+    transport it is also an instance of the official SDKs' base errors (see `raisable`): they re-raise those
+    untouched, so the block reaches the caller at once, as itself, with no retry.
     """
 
     def __init__(
@@ -87,9 +88,6 @@ class LoopDetected(GuardBlocked):
     """The session's agent keeps asking for the same tool calls."""
 
 
-_QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_error"})
-
-
 # The official SDKs re-raise their own base error untouched but wrap any other exception a transport raises (anthropic
 # turns it into a retried APIConnectionError). A block is therefore raised as a subclass of the SDKs' base errors too.
 _SDK_BASE_ERRORS = (("anthropic", "AnthropicError"), ("openai", "OpenAIError"))
@@ -110,23 +108,27 @@ def raisable(cls: type[GuardBlocked]) -> type[GuardBlocked]:
 
 _mixed: dict[tuple[type[Exception], ...], type[GuardBlocked]] = {}
 
+_QUOTA_CODES = frozenset({"insufficient_quota", "credit_balance_exhausted", "billing_error"})
+_OVERLOADED_CODES = frozenset({"overloaded_error", "server_is_overloaded", "service_unavailable_error", "unavailable"})
+_CONTEXT_MESSAGES = ("prompt is too long", "maximum context length", "context window", "too many tokens")
 
-def error_type_for_status(status: int, code: str | None = None) -> ErrorType:
-    """Map an HTTP error status and the provider's error type/code (OpenAI `code`/`type`, Anthropic `error.type`)
-    to our fixed vocabulary."""
+
+def error_type_for_status(status: int, code: str | None = None, message: str | None = None) -> ErrorType:
+    """Map an HTTP error status and the provider's error type/code (OpenAI `code`/`type`, Anthropic `error.type`,
+    Gemini `status`) to our fixed vocabulary. Anthropic reports an over-long prompt only in the message text."""
     code = (code or "").lower()
-    if code in {"insufficient_quota", "credit_balance_exhausted", "billing_error"} or code.endswith(
-        "spend_limit_reached"
-    ):
+    if code in _QUOTA_CODES or code.endswith("spend_limit_reached"):
         return "quota_exhausted"
-    if "context_length" in code or code == "request_too_large":
+    if "context_length" in code or any(text in (message or "").lower() for text in _CONTEXT_MESSAGES):
         return "context_length"
-    if code in {"overloaded_error", "server_is_overloaded", "service_unavailable_error"}:
+    if code in _OVERLOADED_CODES:
         return "overloaded"
-    if code in {"content_filter", "content_policy_violation"}:
+    if "content_filter" in code or "policy" in code:
         return "content_filter"
-    if code == "timeout_error":
+    if "timeout" in code or code == "deadline_exceeded":
         return "timeout"
+    if "rate_limit" in code or code == "resource_exhausted":
+        return "rate_limit"
     if status == 429:
         return "rate_limit"
     if status in (401, 403):
@@ -144,12 +146,13 @@ def error_type_for_status(status: int, code: str | None = None) -> ErrorType:
     return "other"
 
 
-def error_type_for_stream_error(code: str | None) -> ErrorType:
-    """An error that arrived inside a 200 stream (OpenAI `error`, Anthropic `event: error`, Responses `error`)."""
-    kind = error_type_for_status(500, code)
-    if kind == "server_error" and code and "rate_limit" in code.lower():
-        return "rate_limit"
-    return kind
+def error_type_for_stream_error(code: str | None, message: str | None = None) -> ErrorType:
+    """An error that arrived inside a 200 stream (OpenAI `error`, Anthropic `event: error`, Responses `error` or
+    `response.failed`): the code decides; a request the provider rejected is a bad request, anything else is the
+    server's failure."""
+    if code and ("invalid" in code.lower() or code.lower() == "bad_request"):
+        return "bad_request"
+    return error_type_for_status(500, code, message)
 
 
 def error_type_for_exception(exc: BaseException) -> ErrorType:

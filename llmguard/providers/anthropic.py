@@ -87,7 +87,7 @@ class MessagesParser:
         elif kind == "error":
             error = obj.get("error") or {}
             code = error.get("type")
-            record.set_error(error_type_for_stream_error(code), code)
+            record.set_error(error_type_for_stream_error(code, error.get("message")), code)
             record.terminal = True
         return False
 

@@ -71,9 +71,11 @@ def apply_error_body(record: CallRecord, status: int, obj: Any) -> None:
     error = obj.get("error") if isinstance(obj, dict) else None
     raw = [error.get(key) for key in ("code", "type", "status")] if isinstance(error, dict) else []
     codes = [str(code) for code in raw if isinstance(code, str | int) and code != ""]
-    fallback = error_type_for_status(status)
+    message = error.get("message") if isinstance(error, dict) else None
+    message = message if isinstance(message, str) else None
+    fallback = error_type_for_status(status, None, message)
     for code in codes:
-        kind = error_type_for_status(status, code)
+        kind = error_type_for_status(status, code, message)
         if kind != fallback:
             record.set_error(kind, code)
             return

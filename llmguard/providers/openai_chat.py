@@ -73,7 +73,7 @@ class ChatParser:
         if isinstance(obj.get("error"), dict):
             error = obj["error"]
             code = error.get("code") or error.get("type")
-            self._record.set_error(error_type_for_stream_error(code), code)
+            self._record.set_error(error_type_for_stream_error(code, error.get("message")), code)
             self._record.terminal = True
             return False
         record = self._record

@@ -23,6 +23,7 @@ CONTENT_DELTAS = frozenset(
     }
 )
 TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+INTERESTING = TERMINAL | {"response.output_item.done"}
 
 
 def read_usage(record: CallRecord, usage: Any) -> None:
@@ -60,7 +61,7 @@ def read_response(record: CallRecord, response: Any, *, tools: bool) -> None:
     if status == "failed":
         error = response.get("error") or {}
         code = error.get("code")
-        record.set_error(error_type_for_stream_error(code), code)
+        record.set_error(error_type_for_stream_error(code, error.get("message")), code)
     elif status == "incomplete":
         reason = (response.get("incomplete_details") or {}).get("reason")
         record.finish_reason = "content_filter" if reason == "content_filter" else "length"
@@ -79,23 +80,29 @@ class ResponsesParser:
         kind = event.event
         if kind in CONTENT_DELTAS:
             return True  # deltas are the bulk of a stream: no need to decode them
-        if kind == "message" or event.truncated:
-            if event.truncated and kind in TERMINAL:
-                self._record.terminal = True
-            return False
         record = self._record
+        if event.truncated:
+            record.terminal = record.terminal or kind in TERMINAL
+            return False
+        obj: Any = None
+        if kind == "message":  # a compatible server that sends only `data:` lines: the type is in the JSON
+            obj = json.loads(event.data)
+            kind = str(obj.get("type")) if isinstance(obj, dict) else ""
+            if kind in CONTENT_DELTAS:
+                return True
+        if kind not in INTERESTING:
+            return False
+        obj = json.loads(event.data) if obj is None else obj
         if kind == "response.output_item.done":
-            item = json.loads(event.data).get("item") or {}
+            item = obj.get("item") or {}
             if item.get("type") in TOOL_ITEM_TYPES:
                 record.tool_calls.append(ToolCallSeen(item.get("name") or "", item.get("arguments") or ""))
-        elif kind in ("response.completed", "response.incomplete", "response.failed"):
-            # Tool calls were already counted from `output_item.done`.
-            read_response(record, json.loads(event.data).get("response"), tools=False)
         elif kind == "error":
-            obj = json.loads(event.data)
             code = obj.get("code") or (obj.get("error") or {}).get("code")
-            record.set_error(error_type_for_stream_error(code), code)
+            record.set_error(error_type_for_stream_error(code, obj.get("message")), code)
             record.terminal = True
+        else:  # a terminal response; its tool calls were already counted from `output_item.done`
+            read_response(record, obj.get("response"), tools=False)
         return False
 
     def body(self, obj: Any) -> None:

@@ -174,3 +174,32 @@ def test_only_llm_paths_are_matched() -> None:
     assert match("GET", "/v1/responses") is None
     assert match("POST", "/v1/messages/count_tokens") is None
     assert match("POST", "/v1/threads/abc/messages") is None
+
+
+def test_responses_from_a_server_that_sends_only_data_lines() -> None:
+    delta = {"type": "response.output_text.delta", "delta": "Hi"}
+    done = {"type": "response.completed", "response": {"status": "completed", "usage": {"input_tokens": 3,
+            "output_tokens": 1}}}  # fmt: skip
+    record, content = stream("/v1/responses", f"data: {json.dumps(delta)}\n\ndata: {json.dumps(done)}\n\n")
+    assert content == 1 and record.terminal and record.finish_reason == "stop" and record.usage.output == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [("image_content_policy_violation", "content_filter"), ("bio_policy", "content_filter"),
+     ("vector_store_timeout", "timeout"), ("invalid_prompt", "bad_request"), ("server_error", "server_error")],
+)  # fmt: skip
+def test_responses_failure_codes(code: str, expected: str) -> None:
+    failed = {"type": "response.failed", "response": {"status": "failed", "error": {"code": code, "message": "x"}}}
+    record, _ = stream("/v1/responses", f"event: response.failed\ndata: {json.dumps(failed)}\n\n")
+    assert record.error_type == expected
+
+
+def test_anthropic_prompt_too_long_is_a_context_length_error() -> None:
+    adapter = match("POST", "/v1/messages")
+    assert adapter is not None
+    record = record_for(adapter)
+    body = {"type": "error", "error": {"type": "invalid_request_error",
+            "message": "prompt is too long: 208656 tokens > 200000 maximum"}}  # fmt: skip
+    apply_error_body(record, 400, body)
+    assert record.error_type == "context_length"
