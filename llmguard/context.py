@@ -12,7 +12,6 @@ from llmguard.settings import GuardSettings, SessionLimits
 from llmguard.types import Scope
 
 if TYPE_CHECKING:
-    from llmguard.errors import GuardBlocked
     from llmguard.record import CallRecord
 
 UNKNOWN_FEATURE = "unknown"
@@ -35,7 +34,6 @@ class SessionContext:
     settings: GuardSettings | None = None
     action_cost: float = 0.0
     llm_calls: int = 0
-    blocked: GuardBlocked | None = None
     # Retryable failed attempts, by request fingerprint, held back until the SDK retries them or the unit ends:
     # only then is it known whether they ended the logical call.
     pending_failures: dict[str, CallRecord] = field(default_factory=dict)

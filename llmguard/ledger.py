@@ -186,8 +186,6 @@ class Ledger:
             spent_usd=admission.spent_usd,
             limit_usd=admission.limit_usd,
         )
-        if call.context is not None:
-            call.context.blocked = error
         raise error
 
     def _count_call(self, call: Call) -> bool:
@@ -205,8 +203,8 @@ class Ledger:
         record = call.record
         if record.usage_known:
             cost: float | None = record.cost_usd or 0.0
-        elif record.status_code is not None and record.status_code >= 400:
-            cost = 0.0  # the provider refused the call: nothing was generated
+        elif not record.sent or (record.status_code is not None and record.status_code >= 400):
+            cost = 0.0  # the call never reached the provider, or it refused the call: nothing was generated
         elif record.terminal:
             cost = self._measured(call)  # complete but without usage (e.g. Chat streams without include_usage)
         else:

@@ -15,6 +15,9 @@ from llmguard.sse import SSEEvent, SSEParser
 
 logger = logging.getLogger("llmguard")
 
+# Transport errors that mean the request never left: nothing can have been generated, so nothing is charged.
+NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "ProxyError"})
+
 # A non-streamed body is kept (as a copy, while the caller gets the bytes as they come) only up to this size.
 MAX_JSON_BODY = 8 * 1024 * 1024
 
@@ -39,7 +42,6 @@ class CallMeter:
     def response(self, status: int, headers: Mapping[str, str]) -> None:
         record = self._call.record
         record.status_code = status
-        record.headers_at = perf_counter()
         hint = headers.get("x-should-retry")
         if hint in ("true", "false"):
             record.should_retry = hint == "true"
@@ -122,6 +124,7 @@ class CallMeter:
         else:
             kind = error_type_for_exception(error)
             record.set_error("connection" if kind in ("stream_interrupted", "other") else kind)
+            record.sent = type(error).__name__ not in NOT_SENT
         self._finished = True
         record.ended_at = perf_counter()
         try:

@@ -57,7 +57,6 @@ class CallRecord:
     max_output_tokens: int | None = None
     response_model: str | None = None
     status_code: int | None = None
-    headers_at: float | None = None
     first_token_at: float | None = None
     last_event_at: float | None = None
     ended_at: float | None = None
@@ -69,6 +68,7 @@ class CallRecord:
     error_code: str | None = None  # the raw provider code, for logs only (never a label)
     tool_calls: list[ToolCallSeen] = field(default_factory=list)
     parsed: bool = True
+    sent: bool = True  # False when the request provably never reached the provider (it could not connect)
     should_retry: bool | None = None  # the provider's `x-should-retry` header, when it sent one
     content_events: int = 0
     terminal: bool = False  # the provider's end-of-response event (or a whole JSON body) was seen

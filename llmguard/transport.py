@@ -38,24 +38,23 @@ async def handle_async(ledger: Ledger, request: Any, send: AsyncSend) -> Any:
     adapter = providers.match(request.method, request.url.path)
     if adapter is None or request.extensions.get(METERED):
         return await send(request)
-    request.extensions[METERED] = True
     try:
-        body = await request.aread()
-        meter = _open(ledger, adapter, request, body, started)
-        await ledger.admit(meter.call)
+        meter = _meter(ledger, adapter, request, await request.aread(), started)
+        if meter is not None:
+            await ledger.admit(meter.call)
     except GuardBlocked:
         raise
     except Exception as exc:  # our machinery failed: the call goes ahead unmetered
         logger.warning("llmguard: could not meter a request, passing it through: %r", exc)
+        return await send(request)
+    if meter is None:
         return await send(request)
     try:
         response = await send(request)
     except BaseException as exc:
         meter.failed(exc)
         raise
-    meter.response(response.status_code, response.headers)
-    response.stream = _async_stream_class(_library(request))(response.stream, meter)
-    return response
+    return _metered(response, meter, _async_stream_class(_library(request)))
 
 
 def handle_sync(ledger: Ledger, request: Any, send: SyncSend) -> Any:
@@ -63,28 +62,34 @@ def handle_sync(ledger: Ledger, request: Any, send: SyncSend) -> Any:
     adapter = providers.match(request.method, request.url.path)
     if adapter is None or request.extensions.get(METERED):
         return send(request)
-    request.extensions[METERED] = True
     try:
-        body = request.read()
-        meter = _open(ledger, adapter, request, body, started)
-        ledger.admit_sync(meter.call)
+        meter = _meter(ledger, adapter, request, request.read(), started)
+        if meter is not None:
+            ledger.admit_sync(meter.call)
     except GuardBlocked:
         raise
     except Exception as exc:
         logger.warning("llmguard: could not meter a request, passing it through: %r", exc)
+        return send(request)
+    if meter is None:
         return send(request)
     try:
         response = send(request)
     except BaseException as exc:
         meter.failed(exc)
         raise
-    meter.response(response.status_code, response.headers)
-    response.stream = _sync_stream_class(_library(request))(response.stream, meter)
-    return response
+    return _metered(response, meter, _sync_stream_class(_library(request)))
 
 
-def _open(ledger: Ledger, adapter: providers.Adapter, request: Any, body: bytes, started: float) -> CallMeter:
-    info = adapter.read_request(json.loads(body))
+def _meter(ledger: Ledger, adapter: providers.Adapter, request: Any, body: bytes, started: float) -> CallMeter | None:
+    """A meter for the call, or None when the request is not an LLM call after all (its body is not the API's)."""
+    try:
+        info = adapter.read_request(request.url.path, json.loads(body))
+    except ValueError:
+        info = None
+    if info is None:
+        return None
+    request.extensions[METERED] = True
     try:
         retry_count = int(request.headers.get("x-stainless-retry-count", "0"))
     except ValueError:
@@ -93,6 +98,17 @@ def _open(ledger: Ledger, adapter: providers.Adapter, request: Any, body: bytes,
     call = ledger.open(adapter, provider, info, body, retry_count)
     call.record.started_at = started
     return CallMeter(ledger, call, adapter)
+
+
+def _metered(response: Any, meter: CallMeter, stream_class: type[Any]) -> Any:
+    """Hand the response back with its body wrapped; if wrapping fails, the call is finalised and passed through."""
+    try:
+        meter.response(response.status_code, response.headers)
+        response.stream = stream_class(response.stream, meter)
+    except Exception as exc:
+        logger.warning("llmguard: could not meter a response, passing it through: %r", exc)
+        meter.finish()
+    return response
 
 
 class _MeteredAsyncStream:

@@ -121,6 +121,28 @@ async def test_requests_that_are_not_llm_calls_pass_through(
     assert total(registry, "llmguard_llm_calls_total") == 0
 
 
+async def test_posts_that_only_look_like_llm_paths_pass_through(registry: CollectorRegistry, provider_url: str) -> None:
+    guard = Guard(registry=registry, session_budget_usd=1.0)  # a cap would refuse an unpriced LLM call
+    async with guard.async_client() as client, guard.session("forms"):
+        response = await client.post(f"{provider_url}/api/forms/42/responses", json={"answers": [1, 2]})
+        also = await client.post(f"{provider_url}/v1/chat/completions", content=b"not json")
+    assert response.status_code == 200 and also.status_code == 400  # the server answered both: nothing was blocked
+    assert total(registry, "llmguard_llm_calls_total") == 0 and total(registry, "llmguard_guard_blocks_total") == 0
+
+
+async def test_azure_deployment_path_names_the_model(
+    registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str
+) -> None:
+    guard = Guard(registry=registry)
+    provider.default = Scenario(input_tokens=10, content_chunks=2)
+    body = {"messages": [{"role": "user", "content": "hi"}]}  # Azure: the deployment, not the body, names it
+    async with guard.async_client() as client:
+        url = f"{provider_url}/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21"
+        await client.post(url, json=body)
+    labels = {"provider": "openai", "model": "prod-gpt4o", "feature": "unknown"}
+    assert value(registry, "llmguard_llm_calls_total", **labels, outcome="success", finish_reason="stop") == 1
+
+
 async def test_unparseable_stream_passes_through_and_is_counted(guard: Guard, registry: CollectorRegistry) -> None:
     garbage = b"data: {not json\n\ndata: [DONE]\n\n"
 
@@ -144,13 +166,19 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_refused_connection(guard: Guard, registry: CollectorRegistry) -> None:
+async def test_refused_connection_is_an_error_and_costs_nothing(guard: Guard, registry: CollectorRegistry) -> None:
     url = f"http://127.0.0.1:{_closed_port()}/v1"
-    async with openai.AsyncOpenAI(base_url=url, api_key="t", http_client=guard.async_client(), max_retries=0) as client:
+    async with (
+        openai.AsyncOpenAI(base_url=url, api_key="t", http_client=guard.async_client(), max_retries=1) as client,
+        guard.session("unreachable"),
+    ):
         with pytest.raises(openai.APIConnectionError):
             await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    assert value(registry, "llmguard_errors_total", **CHAT, error_type="connection") == 1
+    assert value(registry, "llmguard_errors_total", **CHAT, error_type="connection") == 2
     assert value(registry, "llmguard_llm_calls_total", **CHAT, outcome="error", finish_reason="error") == 1
+    state = await guard.get_session("unreachable")
+    # The request never left: its hold is released, nothing is charged.
+    assert state is not None and state.spent_usd == 0 and state.held_usd == 0
 
 
 async def test_read_timeout(

@@ -117,8 +117,12 @@ class AnthropicAdapter:
     def matches(self, path: str) -> bool:
         return path.endswith("/v1/messages")
 
-    def read_request(self, body: dict[str, Any]) -> RequestInfo:
-        return RequestInfo.read(body, [body.get("system"), body.get("messages")], "max_tokens")
+    def read_request(self, path: str, body: Any) -> RequestInfo | None:
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return None
+        model = body.get("model")
+        model = model if isinstance(model, str) else "unknown"
+        return RequestInfo.read(body, model, [body.get("system"), body["messages"]], "max_tokens")
 
     def parser(self, record: CallRecord) -> MessagesParser:
         return MessagesParser(record)

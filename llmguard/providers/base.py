@@ -20,10 +20,10 @@ class RequestInfo:
     digest: str  # sha256 of the request's messages
 
     @classmethod
-    def read(cls, body: dict[str, Any], prompt: Any, *max_output_keys: str) -> RequestInfo:
+    def read(cls, body: dict[str, Any], model: str, prompt: Any, *max_output_keys: str) -> RequestInfo:
         """`prompt` is what the digest covers: the messages (and system prompt) a content filter judged."""
         return cls(
-            model=str(body.get("model") or "unknown"),
+            model=model,
             stream=body.get("stream") is True,
             max_output_tokens=first_int(body, *max_output_keys),
             digest=digest(prompt),
@@ -44,7 +44,9 @@ class Adapter(Protocol):
 
     def matches(self, path: str) -> bool: ...
 
-    def read_request(self, body: dict[str, Any]) -> RequestInfo: ...
+    def read_request(self, path: str, body: Any) -> RequestInfo | None:
+        """What the request asks for, or None when its body is not shaped like this API's (then it is not an
+        LLM call at all, and passes through untouched)."""
 
     def parser(self, record: CallRecord) -> ResponseParser: ...
 
@@ -59,6 +61,16 @@ def first_int(body: dict[str, Any], *keys: str) -> int | None:
         if value is not None:
             return value
     return None
+
+
+def deployment(path: str) -> str | None:
+    """Azure OpenAI names the deployment in the path (`/openai/deployments/{name}/…`), not the model in the body."""
+    marker = "/deployments/"
+    start = path.find(marker)
+    if start == -1:
+        return None
+    name = path[start + len(marker) :].split("/", 1)[0]
+    return name or None
 
 
 def digest(value: Any) -> str:

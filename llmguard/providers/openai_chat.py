@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from llmguard.errors import error_type_for_stream_error
-from llmguard.providers.base import RequestInfo, int_or_none
+from llmguard.providers.base import RequestInfo, deployment, int_or_none
 from llmguard.record import CallRecord, FinishReason, ToolCallSeen, Usage
 from llmguard.sse import SSEEvent
 
@@ -127,8 +127,11 @@ class OpenAIChatAdapter:
     def matches(self, path: str) -> bool:
         return path.endswith("/chat/completions")
 
-    def read_request(self, body: dict[str, Any]) -> RequestInfo:
-        return RequestInfo.read(body, body.get("messages"), "max_completion_tokens", "max_tokens")
+    def read_request(self, path: str, body: Any) -> RequestInfo | None:
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return None
+        model = body.get("model") if isinstance(body.get("model"), str) else deployment(path)
+        return RequestInfo.read(body, model or "unknown", body["messages"], "max_completion_tokens", "max_tokens")
 
     def parser(self, record: CallRecord) -> ChatParser:
         return ChatParser(record)

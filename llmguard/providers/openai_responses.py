@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from llmguard.errors import error_type_for_stream_error
-from llmguard.providers.base import RequestInfo, int_or_none
+from llmguard.providers.base import RequestInfo, deployment, int_or_none
 from llmguard.record import CallRecord, ToolCallSeen, Usage
 from llmguard.sse import SSEEvent
 
@@ -116,8 +116,12 @@ class OpenAIResponsesAdapter:
     def matches(self, path: str) -> bool:
         return path.endswith("/responses")
 
-    def read_request(self, body: dict[str, Any]) -> RequestInfo:
-        return RequestInfo.read(body, [body.get("instructions"), body.get("input")], "max_output_tokens")
+    def read_request(self, path: str, body: Any) -> RequestInfo | None:
+        if not isinstance(body, dict) or not ("input" in body or "prompt" in body or "previous_response_id" in body):
+            return None
+        model = body.get("model") if isinstance(body.get("model"), str) else deployment(path)
+        prompt = [body.get("instructions"), body.get("input")]
+        return RequestInfo.read(body, model or "unknown", prompt, "max_output_tokens")
 
     def parser(self, record: CallRecord) -> ResponsesParser:
         return ResponsesParser(record)
