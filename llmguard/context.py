@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,10 @@ if TYPE_CHECKING:
     from llmguard.record import CallRecord
 
 UNKNOWN_FEATURE = "unknown"
+logger = logging.getLogger("llmguard")
+
+# A failed attempt held back, with its feature and until when a retry may still come.
+PendingFailure = tuple["CallRecord", str, float]
 
 _current: ContextVar[SessionContext | None] = ContextVar("llmguard_session", default=None)
 
@@ -36,7 +41,7 @@ class SessionContext:
     llm_calls: int = 0
     # Retryable failed attempts, by request fingerprint, held back until the SDK retries them or the unit ends:
     # only then is it known whether they ended the logical call.
-    pending_failures: dict[str, CallRecord] = field(default_factory=dict)
+    pending_failures: dict[str, PendingFailure] = field(default_factory=dict)
     settling: list[asyncio.Task[None]] = field(default_factory=list)  # settlements of this unit still in flight
 
     def resolve_feature(self) -> str:
@@ -75,7 +80,11 @@ def _feature_from_scope(scope: Scope | None, settings: GuardSettings | None) -> 
         return UNKNOWN_FEATURE
     if settings is not None:
         if settings.feature_resolver is not None:
-            resolved = settings.feature_resolver(scope)
+            try:
+                resolved = settings.feature_resolver(scope)
+            except Exception as exc:  # a failing resolver must not break the request
+                logger.warning("llmguard: feature resolver failed: %r", exc)
+                resolved = None
             if resolved:
                 return resolved
         if settings.feature_header:

@@ -13,6 +13,7 @@ from llmguard import instrumentation
 from llmguard.context import SessionContext, bind, normalise_session_id, unbind
 from llmguard.ledger import Ledger
 from llmguard.metrics import exposition, metrics_for
+from llmguard.policy import exhausted
 from llmguard.pricing import Prices
 from llmguard.settings import GuardSettings, SessionLimits, build_settings
 from llmguard.store.base import BudgetStore, SessionState
@@ -86,21 +87,36 @@ class Guard:
     # -- inspection --
 
     async def get_session(self, session_id: str) -> SessionState | None:
+        """A session's totals, holds and block; `None` if it is unknown or expired."""
         await self.ledger.drain()
-        return await self.store.get_session(self._key(session_id))
+        return self._with_block(await self.store.get_session(self._key(session_id)))
 
     def get_session_sync(self, session_id: str) -> SessionState | None:
-        return self.store.get_session_sync(self._key(session_id))
+        return self._with_block(self.store.get_session_sync(self._key(session_id)))
+
+    def _with_block(self, state: SessionState | None) -> SessionState | None:
+        # A used-up cap blocks a session as surely as a flagged loop, though only the loop is stored as such.
+        if state is not None and state.blocked_reason is None:
+            state.blocked_reason = exhausted(state, self.ledger.caps(None))
+        return state
+
+    def end_session_sync(self, session_id: str) -> SessionState | None:
+        state = self.store.end_session_sync(self._key(session_id))
+        self._observe_ended(state)
+        return state
 
     async def end_session(self, session_id: str) -> SessionState | None:
         """Forget a session's state, and observe its totals in the per-session histograms."""
         await self.ledger.drain()
         state = await self.store.end_session(self._key(session_id))
+        self._observe_ended(state)
+        return state
+
+    def _observe_ended(self, state: SessionState | None) -> None:
         if state is not None:
             self.metrics.session_cost.observe(state.spent_usd)
             self.metrics.session_tool_calls.observe(state.tool_calls)
             self.metrics.session_llm_calls.observe(state.llm_calls)
-        return state
 
     async def top_sessions(self, limit: int = 10) -> list[SessionState]:
         return await self.store.top_sessions(limit)
@@ -169,6 +185,7 @@ class MetricsApp:
         if scope["type"] != "http":
             return
         guard = self._guard
+        guard.ledger.flush_stale()
         active = await guard.store.active_sessions(guard.settings.session_ttl_seconds)
         guard.metrics.active_sessions.set(active)
         body, content_type = exposition(guard.registry)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
-from llmguard.context import SessionContext, current
+from llmguard.context import PendingFailure, SessionContext, current
 from llmguard.errors import BudgetExceeded, GuardBlocked, LoopDetected, raisable
 from llmguard.metrics import Metrics
 from llmguard.pricing import Prices, estimate_input_tokens
@@ -23,6 +24,9 @@ from llmguard.store.keys import session_key
 logger = logging.getLogger("llmguard")
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# The SDKs wait at most 120 s (a provider's retry-after) before a retry: past that, no retry is coming.
+RETRY_WINDOW_SECONDS = 130.0
+MAX_ORPHANS = 10_000
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +48,7 @@ class Ledger:
         self.metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_unpriced: set[str] = set()
+        self._orphans: dict[str, PendingFailure] = {}  # failed attempts outside any unit of work
 
     def open(self, adapter: Adapter, provider: str, info: RequestInfo, body: bytes, retry_count: int) -> Call:
         context = current()
@@ -59,9 +64,9 @@ class Ledger:
             max_output_tokens=info.max_output_tokens,
             request_digest=info.digest,
         )
-        if retry_count > 0 and context is not None:
+        if retry_count > 0:
             # An SDK retry: the failed attempt before it did not end the logical call after all.
-            context.pending_failures.pop(_fingerprint(body), None)
+            self._pending(context).pop(_fingerprint(body), None)
         session_id = context.session_id if context is not None else None
         input_tokens = estimate_input_tokens(len(body))
         output_cap = info.max_output_tokens or self.settings.default_max_output_tokens
@@ -73,7 +78,7 @@ class Ledger:
             feature=feature,
             estimate_usd=estimate or 0.0,
             estimate_tokens=input_tokens + output_cap,
-            caps=self._caps(context),
+            caps=self.caps(context),
             hold_ttl_seconds=self.settings.hold_ttl_seconds,
             session_ttl_seconds=self.settings.session_ttl_seconds,
             count_call=retry_count == 0,
@@ -103,6 +108,8 @@ class Ledger:
             record.cost_usd = self.prices.cost(record.provider, record.model, record.usage)
         count_call = self._count_call(call)
         self.metrics.record_call(record, call.feature, count_call=count_call)
+        if self._orphans:
+            self.flush_stale()
         if record.finish_reason == "content_filter":
             logger.warning(
                 "llmguard: content filter on %s call %s (model %s, request sha256 %s)",
@@ -118,13 +125,17 @@ class Ledger:
 
     def flush(self, context: SessionContext) -> None:
         """The unit of work ended: failed attempts no retry followed were the end of their logical calls."""
-        pending = list(context.pending_failures.values())
+        for record, feature, _ in context.pending_failures.values():
+            self.metrics.count_call(record, feature)
         context.pending_failures.clear()
-        for record in pending:
-            self.metrics.calls.labels(
-                record.provider, self.metrics.model(record.model), self.metrics.feature(context.resolve_feature()),
-                record.outcome, record.finish_reason,
-            ).inc()  # fmt: skip
+
+    def flush_stale(self) -> None:
+        """Failed attempts made outside any unit of work end their logical call once no retry came in time."""
+        now = time.monotonic()
+        for key, (record, feature, deadline) in list(self._orphans.items()):
+            if deadline <= now:
+                del self._orphans[key]
+                self.metrics.count_call(record, feature)
 
     async def drain(self, context: SessionContext | None = None) -> None:
         """Wait for settlements still in flight: a unit of work's own (before its response ends), or all of them
@@ -144,7 +155,8 @@ class Ledger:
 
     # -- internals --
 
-    def _caps(self, context: SessionContext | None) -> Caps:
+    def caps(self, context: SessionContext | None) -> Caps:
+        """The caps that apply to calls of this unit of work: its own limits, else the settings'."""
         s = self.settings
         limits = context.limits if context is not None and context.limits is not None else None
         return Caps(
@@ -189,15 +201,21 @@ class Ledger:
         raise error
 
     def _count_call(self, call: Call) -> bool:
-        """Whether this attempt ends its logical call now. A retryable failure inside a unit of work is held back
-        (see `flush`); outside one, only first attempts are counted."""
+        """Whether this attempt ends its logical call now. A retryable failure is held back until the SDK's retry
+        arrives (then the retry carries the call on) or the unit of work ends (see `flush`, `flush_stale`)."""
         record = call.record
-        if call.context is None:
-            return record.retry_count == 0
-        if record.outcome == "error" and _retryable(record):
-            call.context.pending_failures[_fingerprint(call.body)] = record
+        if record.sdk_retries and record.outcome == "error" and _retryable(record):
+            deadline = time.monotonic() + RETRY_WINDOW_SECONDS
+            self._pending(call.context)[_fingerprint(call.body)] = (record, call.feature, deadline)
             return False
         return True
+
+    def _pending(self, context: SessionContext | None) -> dict[str, PendingFailure]:
+        if context is not None:
+            return context.pending_failures
+        if len(self._orphans) > MAX_ORPHANS:  # a flood of failures outside any unit of work: count them now
+            self.flush_stale()
+        return self._orphans
 
     def _settle(self, call: Call) -> None:
         record = call.record

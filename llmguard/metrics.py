@@ -94,11 +94,17 @@ class Metrics:
     def model(self, value: str) -> str:
         return self._models(value)
 
+    def count_call(self, record: CallRecord, feature: str) -> None:
+        """One logical call, with the outcome of its last attempt."""
+        labels = (record.provider, self._models(record.model), self._features(feature))
+        self._child(self.calls, (*labels, record.outcome, record.finish_reason)).inc()
+
     def record_call(self, record: CallRecord, feature: str, *, count_call: bool) -> None:
+        """Everything one attempt tells; the logical call is counted only if this attempt ended it."""
         labels = (record.provider, self._models(record.model), self._features(feature))
         child = self._child
         if count_call:
-            child(self.calls, (*labels, record.outcome, record.finish_reason)).inc()
+            self.count_call(record, feature)
         if record.retry_count > 0:
             child(self.retries, labels).inc()
         if record.error_type is not None:

@@ -7,15 +7,21 @@ The first parameter is named `app`, so the one class serves Starlette and FastAP
 from __future__ import annotations
 
 import json
-from typing import Any
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from llmguard.context import SessionContext, bind, normalise_session_id, unbind
-from llmguard.errors import GuardBlocked
+from llmguard.errors import BudgetExceeded, GuardBlocked, LoopDetected
 from llmguard.guard import Guard, default_guard
+from llmguard.policy import exhausted
 from llmguard.store.keys import session_key
 from llmguard.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["LLMGuardMiddleware"]
+
+logger = logging.getLogger("llmguard")
+T = TypeVar("T")
 
 
 class LLMGuardMiddleware:
@@ -37,22 +43,15 @@ class LLMGuardMiddleware:
         settings = guard.settings
         context = SessionContext(
             session_id=normalise_session_id(self._session_id(scope), settings.max_session_id_length),
-            limits=settings.limits_resolver(scope) if settings.limits_resolver is not None else None,
+            limits=_resolve(settings.limits_resolver, scope),
             scope=scope,
             settings=settings,
         )
         if context.session_id is not None and settings.reject_blocked_sessions:
-            state = await guard.store.get_session(session_key(context.session_id))
-            if state is not None and state.blocked_reason is not None:
-                blocked = GuardBlocked(
-                    state.blocked_reason,  # type: ignore[arg-type]
-                    "This session is blocked; no further LLM calls are allowed.",
-                    session_id=context.session_id,
-                    spent_usd=state.spent_usd,
-                    limit_usd=context.limits.budget_usd if context.limits else settings.session_budget_usd,
-                )
-                guard.metrics.blocks.labels(guard.metrics.feature(context.resolve_feature()), blocked.reason).inc()
-                await _send_problem(send, blocked)
+            refusal = await self._refusal(context)
+            if refusal is not None:
+                guard.metrics.blocks.labels(guard.metrics.feature(context.resolve_feature()), refusal.reason).inc()
+                await _send_problem(send, refusal)
                 return
 
         started = False
@@ -96,6 +95,8 @@ class LLMGuardMiddleware:
                 payload = json.dumps(found.problem()).encode()
                 await send({"type": "http.response.body", "body": b"event: error\ndata: " + payload + b"\n\n"})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                raise  # a plain response is half sent: nothing sensible can follow it
         finally:
             finish()
             unbind(token)
@@ -103,11 +104,27 @@ class LLMGuardMiddleware:
     def _session_id(self, scope: Scope) -> str | None:
         resolver = self.guard.settings.session_resolver
         if resolver is not None:
-            return resolver(scope)
+            return _resolve(resolver, scope)
         for key, value in scope.get("headers") or ():
             if key == self._header:
                 return str(value.decode("latin-1"))
         return None
+
+    async def _refusal(self, context: SessionContext) -> GuardBlocked | None:
+        """A session that can make no further call is refused before the app runs."""
+        assert context.session_id is not None
+        guard = self.guard
+        state = await guard.store.get_session(session_key(context.session_id))
+        if state is None:
+            return None
+        caps = guard.ledger.caps(context)
+        reason = exhausted(state, caps)
+        if reason is None:
+            return None
+        cls = LoopDetected if reason == "loop_detected" else BudgetExceeded
+        detail = "This session is blocked; it may make no further LLM calls."
+        return cls(reason, detail, session_id=context.session_id, spent_usd=state.spent_usd,
+                   limit_usd=caps.session_budget_usd)  # fmt: skip
 
     async def _cost_headers(self, context: SessionContext) -> list[tuple[bytes, bytes]]:
         if context.session_id is None:
@@ -123,6 +140,17 @@ class LLMGuardMiddleware:
             remaining = max(budget - spent - (state.held_usd if state is not None else 0.0), 0.0)
             headers.append((b"x-llmguard-budget-remaining-usd", f"{remaining:.6f}".encode()))
         return headers
+
+
+def _resolve(resolver: Callable[[Scope], T | None] | None, scope: Scope) -> T | None:
+    """Call a user's resolver; a failing one must not break the request: it counts as having no answer."""
+    if resolver is None:
+        return None
+    try:
+        return resolver(scope)
+    except Exception as exc:
+        logger.warning("llmguard: resolver %r failed: %r", resolver, exc)
+        return None
 
 
 def _find_block(exc: BaseException) -> GuardBlocked | None:

@@ -1,10 +1,13 @@
-"""Loop detection over a session's recent tool-call signatures, as pure functions (the Redis store runs the same
-rule in Lua; the shared store test suite holds the two to one behaviour)."""
+"""Caps and loop detection as pure functions over session state. (The stores apply the same rules atomically; the
+Redis store runs them in Lua, and the shared store test suite holds the two to one behaviour.)"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+
+from llmguard.errors import BlockReason
+from llmguard.store.base import Caps, SessionState
 
 MAX_CYCLE = 5
 
@@ -37,3 +40,21 @@ def loop_repeats(history: Sequence[str]) -> int:
 
 def _is_cycle(block: Sequence[str], period: int) -> bool:
     return all(block[i] == block[i % period] for i in range(len(block)))
+
+
+def exhausted(state: SessionState, caps: Caps) -> BlockReason | None:
+    """Whether a session can make no further call at all, whatever its size: a loop was flagged, or a cap is used
+    up. (Whether one particular call fits is decided atomically by the store, with that call's estimate.)"""
+    if state.blocked_reason == "loop_detected":
+        return "loop_detected"
+    if caps.session_budget_usd is not None and state.spent_usd >= caps.session_budget_usd:
+        return "session_budget"
+    if caps.session_max_llm_calls is not None and state.llm_calls >= caps.session_max_llm_calls:
+        return "session_llm_calls"
+    if caps.session_max_tool_calls is not None and state.tool_calls > caps.session_max_tool_calls:
+        return "session_tool_calls"
+    if caps.session_max_tokens is not None:
+        used = sum(count for kind, count in state.tokens.items() if kind != "reasoning")
+        if used >= caps.session_max_tokens:
+            return "session_tokens"
+    return None

@@ -54,6 +54,7 @@ class CallRecord:
     stream: bool
     started_at: float
     retry_count: int = 0
+    sdk_retries: bool = False  # sent by an SDK that retries failed attempts itself (x-stainless-retry-count)
     max_output_tokens: int | None = None
     response_model: str | None = None
     status_code: int | None = None

@@ -90,13 +90,15 @@ def _meter(ledger: Ledger, adapter: providers.Adapter, request: Any, body: bytes
     if info is None:
         return None
     request.extensions[METERED] = True
+    retries = request.headers.get("x-stainless-retry-count")
     try:
-        retry_count = int(request.headers.get("x-stainless-retry-count", "0"))
+        retry_count = int(retries or "0")
     except ValueError:
         retry_count = 0
     provider = providers.provider_name(adapter, request.url.host)
     call = ledger.open(adapter, provider, info, body, retry_count)
     call.record.started_at = started
+    call.record.sdk_retries = retries is not None
     return CallMeter(ledger, call, adapter)
 
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Final, TypeVar
 
 from llmguard.errors import BlockReason
 from llmguard.policy import loop_repeats, signature_digest
 from llmguard.store.base import Admission, Reservation, SessionState, Settlement, SettleResult
+from llmguard.store.redis_schema import feature_digest
 
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output", "reasoning")
+WINDOW_TTL_SECONDS: Final = 2 * 86400
 
 
 @dataclass(slots=True)
@@ -20,6 +24,7 @@ class _Totals:
     spent: float = 0.0
     held: float = 0.0
     expires_at: float = 0.0
+    queued: float = math.inf  # the due time of this entry's live slot in its expiry heap (inf: none yet)
 
 
 @dataclass(slots=True)
@@ -31,7 +36,7 @@ class _Session(_Totals):
     llm_calls: int = 0
     tool_calls: int = 0
     history: deque[str] = field(default_factory=deque)
-    blocked: BlockReason | None = None
+    blocked: BlockReason | None = None  # only `loop_detected`: any other denial is for that one call
     loop_warned: bool = False
     last_activity: float = 0.0
 
@@ -46,15 +51,22 @@ class _Hold:
     window_keys: tuple[str, ...]
 
 
+_T = TypeVar("_T", bound=_Totals)
+
+
 class MemoryStore:
     def __init__(self) -> None:
-        self._last_sweep = 0.0
         self._lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         self._windows: dict[str, _Totals] = {}
         self._holds: dict[str, _Hold] = {}
-        self._expiries: list[tuple[float, str]] = []
-        self._settled: dict[str, float] = {}
+        self._settled: dict[str, float] = {}  # settled call id -> until when a duplicate settle is recognised
+        # What expires, as heaps of (due, key) popped lazily, so no operation scans everything. A session's or a
+        # window's expiry moves with use: its entry is pushed again, at the new time, when the old one comes due.
+        self._hold_expiries: list[tuple[float, str]] = []
+        self._settled_expiries: list[tuple[float, str]] = []
+        self._session_expiries: list[tuple[float, str]] = []
+        self._window_expiries: list[tuple[float, str]] = []
 
     # -- sync API (the async methods below call these: nothing here blocks) --
 
@@ -68,31 +80,29 @@ class MemoryStore:
             windows: list[tuple[str, float, BlockReason]] = []
             if caps.feature_daily_budget_usd is not None:
                 windows.append(
-                    (f"f:{day}:{reservation.feature}", caps.feature_daily_budget_usd, "feature_daily_budget")
+                    (_feature_window(day, reservation.feature), caps.feature_daily_budget_usd, "feature_daily_budget")
                 )
             if caps.daily_budget_usd is not None:
-                windows.append((f"d:{day}", caps.daily_budget_usd, "daily_budget"))
+                windows.append((_daily_window(day), caps.daily_budget_usd, "daily_budget"))
             estimate = reservation.estimate_usd
             if session is not None:
+                # A denial applies to this call only (a later, smaller call may fit): nothing is written.
                 denial = self._deny_session(session, reservation)
                 if denial is not None:
-                    session.blocked = denial.reason
                     return denial
             for key, cap, window_reason in windows:
-                totals = self._windows.setdefault(key, _Totals())
+                totals = self._windows.get(key) or _Totals()
                 if totals.spent + totals.held + estimate > cap:
                     return Admission(False, window_reason, spent_usd=totals.spent, limit_usd=cap)
             expires_at = now + reservation.hold_ttl_seconds
             for key, _, _ in windows:
-                totals = self._windows[key]
-                totals.held += estimate
-                totals.expires_at = max(totals.expires_at, now + 2 * 86400)
+                self._window(key, now).held += estimate
             if session is not None:
                 session.held += estimate
                 session.held_tokens += reservation.estimate_tokens
                 session.held_calls += 1 if reservation.count_call else 0
                 session.last_activity = now
-                session.expires_at = now + reservation.session_ttl_seconds
+                self._keep_session(reservation.session_key, session, now + reservation.session_ttl_seconds)
             self._holds[reservation.call_id] = _Hold(
                 estimate,
                 reservation.estimate_tokens,
@@ -101,7 +111,7 @@ class MemoryStore:
                 reservation.session_key,
                 tuple(key for key, _, _ in windows),
             )
-            heapq.heappush(self._expiries, (expires_at, reservation.call_id))
+            heapq.heappush(self._hold_expiries, (expires_at, reservation.call_id))
             return Admission(True, spent_usd=session.spent if session else 0.0, limit_usd=caps.session_budget_usd)
 
     def settle_sync(self, settlement: Settlement) -> SettleResult:
@@ -110,17 +120,18 @@ class MemoryStore:
             self._expire(now)
             if settlement.call_id in self._settled:
                 return SettleResult(0.0, already_settled=True)
-            self._settled[settlement.call_id] = now + settlement.session_ttl_seconds
+            # The marker only has to outlive duplicate settles of this call, which come within its hold's lifetime.
+            settled_until = now + settlement.hold_ttl_seconds
+            self._settled[settlement.call_id] = settled_until
+            heapq.heappush(self._settled_expiries, (settled_until, settlement.call_id))
             hold = self._holds.pop(settlement.call_id, None)
             held = hold.usd if hold is not None else 0.0
             charged = settlement.cost_usd if settlement.cost_usd is not None else max(settlement.estimate_usd, held)
             if hold is not None:
                 self._release(hold)
             day = time.strftime("%Y-%m-%d", time.gmtime(now))
-            for key in (f"f:{day}:{settlement.feature}", f"d:{day}"):
-                totals = self._windows.setdefault(key, _Totals())
-                totals.spent += charged
-                totals.expires_at = max(totals.expires_at, now + 2 * 86400)
+            for key in (_feature_window(day, settlement.feature), _daily_window(day)):
+                self._window(key, now).spent += charged
             if settlement.session_key is None:
                 return SettleResult(charged)
             session = self._sessions.get(settlement.session_key)
@@ -141,7 +152,7 @@ class MemoryStore:
             warning = repeats >= settlement.loop_warn_threshold > 0 and not session.loop_warned
             session.loop_warned = session.loop_warned or warning
             session.last_activity = now
-            session.expires_at = now + settlement.session_ttl_seconds
+            self._keep_session(settlement.session_key, session, now + settlement.session_ttl_seconds)
             return SettleResult(charged, session.spent, repeats, warning, session.blocked)
 
     def get_session_sync(self, session_key: str) -> SessionState | None:
@@ -201,8 +212,20 @@ class MemoryStore:
         session = self._sessions.get(reservation.session_key)
         if session is None or session.expires_at <= now:
             session = self._sessions[reservation.session_key] = _Session(session_id=reservation.session_id or "")
-            session.expires_at = now + reservation.session_ttl_seconds
+            self._keep_session(reservation.session_key, session, now + reservation.session_ttl_seconds)
         return session
+
+    def _keep_session(self, session_key: str | None, session: _Session, expires_at: float) -> None:
+        assert session_key is not None
+        _schedule(self._session_expiries, session_key, session, expires_at)
+
+    def _window(self, key: str, now: float) -> _Totals:
+        """A window to charge or hold in, created if need be; every use keeps it for two more days."""
+        totals = self._windows.get(key)
+        if totals is None:
+            totals = self._windows[key] = _Totals()
+        _schedule(self._window_expiries, key, totals, max(totals.expires_at, now + WINDOW_TTL_SECONDS))
+        return totals
 
     @staticmethod
     def _deny_session(session: _Session, reservation: Reservation) -> Admission | None:
@@ -238,22 +261,50 @@ class MemoryStore:
                 totals.held = max(totals.held - hold.usd, 0.0)
 
     def _expire(self, now: float) -> None:
-        while self._expiries and self._expiries[0][0] <= now:
-            _, call_id = heapq.heappop(self._expiries)
+        """Drop what is due, popping each heap only as far as now: O(log n) per entry, amortised over operations."""
+        holds = self._hold_expiries
+        while holds and holds[0][0] <= now:
+            _, call_id = heapq.heappop(holds)
             hold = self._holds.get(call_id)
             if hold is not None and hold.expires_at <= now:
                 del self._holds[call_id]
                 self._release(hold)
-        if now - self._last_sweep < 1.0:  # expired sessions and windows are swept at most once a second
-            return
-        self._last_sweep = now
-        for mapping in (self._sessions, self._windows):
-            stale = [key for key, totals in mapping.items() if totals.expires_at <= now]
-            for key in stale:
-                del mapping[key]
-        stale_ids = [call_id for call_id, expires_at in self._settled.items() if expires_at <= now]
-        for call_id in stale_ids:
-            del self._settled[call_id]
+        settled = self._settled_expiries
+        while settled and settled[0][0] <= now:
+            _, call_id = heapq.heappop(settled)
+            if self._settled.get(call_id, math.inf) <= now:  # not settled again since (a later entry has that)
+                del self._settled[call_id]
+        _expire_totals(self._sessions, self._session_expiries, now)
+        _expire_totals(self._windows, self._window_expiries, now)
+
+
+def _schedule(heap: list[tuple[float, str]], key: str, totals: _Totals, expires_at: float) -> None:
+    """Set when `totals` (under `key`) expires. Its heap entry is pushed again only if it has to come due sooner."""
+    totals.expires_at = expires_at
+    if expires_at < totals.queued:
+        totals.queued = expires_at
+        heapq.heappush(heap, (expires_at, key))
+
+
+def _expire_totals(mapping: dict[str, _T], heap: list[tuple[float, str]], now: float) -> None:
+    while heap and heap[0][0] <= now:
+        due, key = heapq.heappop(heap)
+        totals = mapping.get(key)
+        if totals is None or totals.queued != due:
+            continue  # gone already, or a stale entry (its key has a sooner one, or was created again since)
+        if totals.expires_at <= now:
+            del mapping[key]
+        else:  # used since it was queued: queue it again at its new expiry
+            totals.queued = totals.expires_at
+            heapq.heappush(heap, (totals.expires_at, key))
+
+
+def _feature_window(day: str, feature: str) -> str:
+    return f"f:{day}:{feature_digest(feature)}"  # a digest: a long feature name is not kept in every key
+
+
+def _daily_window(day: str) -> str:
+    return f"d:{day}"
 
 
 def _state(session: _Session) -> SessionState:

@@ -41,6 +41,7 @@ from llmguard.store.redis_steps import (
     CALL_RESERVE,
     CALL_SETTLE,
     FAILURES,
+    INDEX_TRIM,
     RELEASE,
     SESSION_END,
     SESSION_GET,
@@ -63,6 +64,8 @@ T = TypeVar("T")
 
 DAY_MS: Final = 86_400_000
 WINDOW_TTL_MS: Final = 2 * DAY_MS
+# At most this many index entries too old for a live session are checked per `active` call.
+INDEX_TRIM_BATCH: Final = 1000
 
 
 class RedisStore:
@@ -286,7 +289,19 @@ class RedisStore:
 
     def _active(self, within_seconds: int) -> Steps[int]:
         keep_ms = max(self._session_ttl_ms, within_seconds * 1000)
-        count = yield Eval(ACTIVE, [self._keys.active_index], [within_seconds * 1000, keep_ms])
+        active = self._keys.active_index
+        count, cutoff, old = yield Eval(ACTIVE, [active], [within_seconds * 1000, keep_ms, INDEX_TRIM_BATCH])
+        if old:
+            # Entries last active longer ago than a session lives: the sessions that are gone (expired) leave both
+            # indexes. Two indexes in two slots, so two steps; one still alive (its TTL moved on by a reservation)
+            # stays. Only upkeep: if it fails, the next call does it.
+            with contextlib.suppress(*FAILURES):
+                exists = yield [Command(("EXISTS", self._keys.session(text(member))[0])) for member in old]
+                gone = [member for member, found in zip(old, exists, strict=True) if not found]
+                if gone:
+                    removed = yield Eval(INDEX_TRIM, [active], [cutoff, *gone])
+                    if removed:
+                        yield Command(("ZREM", self._keys.spend_index, *removed))
         return int(count)
 
     # -- server time --

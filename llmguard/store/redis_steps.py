@@ -42,6 +42,7 @@ CALL_SETTLE = Script("call_settle")
 SESSION_GET = Script("session_get")
 SESSION_END = Script("session_end")
 ACTIVE = Script("active")
+INDEX_TRIM = Script("index_trim")
 
 
 @dataclass(frozen=True, slots=True)

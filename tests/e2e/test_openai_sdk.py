@@ -223,3 +223,26 @@ async def test_abandoned_stream(
     state = await guard.get_session("s-abandon")
     # Usage never arrived: the session is charged the call's hold (its worst case), and no hold is left.
     assert state is not None and state.spent_usd > 0 and state.held_usd == 0
+
+
+async def test_retries_outside_any_session_are_one_logical_call(
+    guard: Guard, registry: CollectorRegistry, provider: SimulatedProvider, oai: openai.AsyncOpenAI
+) -> None:
+    provider.set_scenario(MODEL, [Scenario(error_status=500, retry_after=0.001), Scenario(input_tokens=10)])
+    await oai.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    labels = {**LABELS, "feature": "unknown"}
+    assert value(registry, "llmguard_errors_total", **labels, error_type="server_error") == 1
+    assert value(registry, "llmguard_llm_retries_total", **labels) == 1
+    assert total(registry, "llmguard_llm_calls_total") == 1
+    assert value(registry, "llmguard_llm_calls_total", **labels, outcome="success", finish_reason="stop") == 1
+
+
+async def test_a_failure_without_sdk_retries_is_counted_at_once(
+    guard: Guard, registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str
+) -> None:
+    provider.default = Scenario(error_status=429)
+    async with guard.async_client() as client:  # plain httpx2: nobody will retry it
+        response = await client.post(f"{provider_url}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES})
+    assert response.status_code == 429
+    labels = {**LABELS, "feature": "unknown"}
+    assert value(registry, "llmguard_llm_calls_total", **labels, outcome="error", finish_reason="error") == 1

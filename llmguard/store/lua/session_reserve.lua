@@ -28,6 +28,8 @@ if existing then
   return {1, '', spent_raw, now, existing, ''}
 end
 
+-- Only a loop block is kept on the session (session_settle sets it); any other denial is for this call alone, as
+-- the caps apply per call (spent + held + estimate <= cap): a later, smaller call may fit.
 local reason = s[7]
 if not reason then
   local budget, max_calls = tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -43,7 +45,6 @@ if not reason then
   end
 end
 if reason then
-  redis.call('HSET', state, 'blocked', reason)
   if created then
     redis.call('PEXPIRE', state, int(session_ttl))
   end
