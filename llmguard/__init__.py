@@ -5,13 +5,11 @@ from __future__ import annotations
 from llmguard.errors import BudgetExceeded, GuardBlocked, LoopDetected
 from llmguard.guard import Guard
 from llmguard.middleware import LLMGuardMiddleware
-from llmguard.record import CallRecord, Usage
 from llmguard.settings import GuardSettings, ModelPrice, SessionLimits
 from llmguard.store.base import SessionState
 
 __all__ = [
     "BudgetExceeded",
-    "CallRecord",
     "Guard",
     "GuardBlocked",
     "GuardSettings",
@@ -20,7 +18,6 @@ __all__ = [
     "ModelPrice",
     "SessionLimits",
     "SessionState",
-    "Usage",
 ]
 
 __version__ = "0.1.0"

@@ -27,6 +27,7 @@ RETRYABLE_STATUS = frozenset({408, 409, 429})
 # The SDKs wait at most 120 s (a provider's retry-after) before a retry: past that, no retry is coming.
 RETRY_WINDOW_SECONDS = 130.0
 MAX_ORPHANS = 10_000
+MAX_WARNED_MODELS = 1_000
 
 
 @dataclass(slots=True, eq=False)
@@ -141,10 +142,9 @@ class Ledger:
         """Wait for settlements still in flight: a unit of work's own (before its response ends), or all of them
         (inspection, shutdown). Settlements running on another thread's event loop are waited for by polling."""
         loop = asyncio.get_running_loop()
-        while True:
-            pending = [t for t in (context.settling if context else self._tasks) if not t.done()]
-            if not pending:
-                break
+        # Only what is in flight now: under steady traffic, new settlements keep arriving.
+        waiting = list(context.settling if context else self._tasks)
+        while pending := [task for task in waiting if not task.done()]:
             mine = [task for task in pending if task.get_loop() is loop]
             if mine:
                 await asyncio.gather(*mine, return_exceptions=True)
@@ -176,7 +176,7 @@ class Ledger:
         model = call.record.model
         if capped and self.settings.unpriced_models == "deny":
             self._block(call, Admission(False, "unpriced_model"), f"No price is known for model {model!r}")
-        if model not in self._warned_unpriced:
+        if model not in self._warned_unpriced and len(self._warned_unpriced) < MAX_WARNED_MODELS:
             self._warned_unpriced.add(model)
             logger.warning("llmguard: no price known for model %r; its calls count as $0", model)
 
@@ -270,8 +270,10 @@ class Ledger:
     def _settled(self, call: Call, result: SettleResult) -> None:
         if result.already_settled:
             return
-        if call.record.cost_usd is None and call.context is not None:
-            call.context.action_cost += result.charged_usd
+        if call.record.cost_usd is None and result.charged_usd > 0:
+            self.metrics.estimated(call.record, call.feature, result.charged_usd)
+            if call.context is not None:
+                call.context.action_cost += result.charged_usd
         if result.loop_warning:
             self.metrics.loop_warnings.labels(self.metrics.feature(call.feature)).inc()
             logger.warning("llmguard: session %s repeats its tool calls", call.reservation.session_id)

@@ -95,7 +95,7 @@ class CallMeter:
         record = call.record
         try:
             record.ended_at = self._last_chunk_at if exhausted and self._last_chunk_at else perf_counter()
-            if self._parsing and (exhausted or self._sse is not None):
+            if self._parsing and exhausted:  # a body cut short ends in a partial event: nothing to read there
                 self._parse_rest()
             if error is not None and record.outcome != "error":
                 if isinstance(error, asyncio.CancelledError | GeneratorExit):

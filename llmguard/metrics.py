@@ -44,7 +44,13 @@ class Metrics:
             (*CALL_LABELS, "stream"), buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self.tokens = Counter("llmguard_tokens", "Tokens by type.", (*CALL_LABELS, "type"), registry=r)
-        self.cost = Counter("llmguard_cost_usd", "Cost of LLM calls in USD.", CALL_LABELS, registry=r)
+        self.cost = Counter(
+            "llmguard_cost_usd", "Cost of LLM calls in USD, from reported usage.", CALL_LABELS, registry=r
+        )
+        self.estimated_cost = Counter(
+            "llmguard_estimated_cost_usd", "USD charged to budgets for calls whose usage never arrived (estimates).",
+            CALL_LABELS, registry=r,
+        )  # fmt: skip
         self.errors = Counter(
             "llmguard_errors", "Failed LLM call attempts by error type.", (*CALL_LABELS, "error_type"), registry=r
         )
@@ -137,6 +143,10 @@ class Metrics:
             child(self.cost, labels).inc(record.cost_usd)
         if record.tool_calls:
             child(self.tool_calls, labels).inc(len(record.tool_calls))
+
+    def estimated(self, record: CallRecord, feature: str, usd: float) -> None:
+        labels = (record.provider, self._models(record.model), self._features(feature))
+        self._child(self.estimated_cost, labels).inc(usd)
 
     def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
         """`metric.labels(*labels)`, memoised: label values are bounded, and `labels()` is slow on a hot path."""

@@ -62,12 +62,15 @@ class Prices:
         if cached is not None and cached[1] > now:
             return cached[0]
         rates = _Rates.from_model_price(_find_model_price(provider, model))
+        if len(self._rates) >= MAX_CACHED_MODELS:  # model names come from requests: never let them grow this
+            self._rates.clear()
         # Prices can change on a date (genai-prices keeps their history): look again now and then.
         self._rates[key] = (rates, now + RATES_TTL_SECONDS)
         return rates
 
 
 RATES_TTL_SECONDS = 3600.0
+MAX_CACHED_MODELS = 2_000
 _Price = tuple[float, tuple[tuple[int, float], ...]]  # USD per million tokens; then (threshold, price) tiers
 
 

@@ -60,7 +60,7 @@ class SSEParser:
             if event is not None:
                 events.append(event)
         if tail:
-            self._buffer += tail
+            self._keep(tail)
         return events
 
     def _feed_any(self, chunk: bytes) -> list[SSEEvent]:
@@ -78,7 +78,7 @@ class SSEParser:
             cr = chunk.find(b"\r", start)
             lf = chunk.find(b"\n", start)
             if cr == -1 and lf == -1:
-                self._buffer += chunk[start:]
+                self._keep(chunk[start:])
                 break
             if cr == -1 or (lf != -1 and lf < cr):
                 end, next_start = lf, lf + 1
@@ -100,6 +100,15 @@ class SSEParser:
                 events.append(event)
             start = next_start
         return events
+
+    def _keep(self, partial: bytes) -> None:
+        """Buffer the start of a line; a line longer than an event may be is dropped (and its event marked
+        truncated) so that a stream without line ends cannot grow memory."""
+        self._buffer += partial
+        if len(self._buffer) > self._max_event_bytes:
+            self._buffer.clear()
+            self._has_data = True
+            self._data_size = self._max_event_bytes + 1
 
     def close(self) -> list[SSEEvent]:
         """End of stream: an unterminated last line is processed; an event with no blank line after it is not

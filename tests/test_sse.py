@@ -91,3 +91,12 @@ def test_matches_reference_decoder_when_split_anywhere(stream: bytes, cuts: list
     points = sorted({min(cut, len(stream)) for cut in cuts})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     assert parse(chunks) == reference(stream)
+
+
+def test_a_line_that_never_ends_cannot_grow_memory() -> None:
+    parser = SSEParser(max_event_bytes=100)
+    for _ in range(50):
+        assert parser.feed(b"x" * 64) == []
+    assert len(parser._buffer) <= 100
+    events = parser.feed(b"\n\ndata: next\n\n")
+    assert [(e.data, e.truncated) for e in events] == [("", True), ("next", False)]

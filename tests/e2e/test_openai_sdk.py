@@ -92,6 +92,10 @@ async def test_chat_stream_without_usage_counts_no_tokens(
     assert total(registry, "llmguard_cost_usd_total") == 0
     assert value(registry, "llmguard_output_tokens_per_second_count", **LABELS) == 0
     assert value(registry, "llmguard_time_to_first_token_seconds_count", **LABELS) == 1
+    # The session is still charged: an estimate from the request and the streamed deltas, exported as such.
+    state = await guard.get_session("s-nousage")
+    assert state is not None and state.spent_usd > 0 and state.held_usd == 0
+    assert value(registry, "llmguard_estimated_cost_usd_total", **LABELS) == pytest.approx(state.spent_usd)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -221,8 +225,11 @@ async def test_abandoned_stream(
     assert total(registry, "llmguard_errors_total") == 0
     assert total(registry, "llmguard_tokens_total") == 0
     state = await guard.get_session("s-abandon")
-    # Usage never arrived: the session is charged the call's hold (its worst case), and no hold is left.
-    assert state is not None and state.spent_usd > 0 and state.held_usd == 0
+    # Usage never arrived: the session is charged the call's hold (its worst case: 1 + 4096 default output
+    # tokens), and no hold is left; the charge is exported as an estimate.
+    assert state is not None and state.held_usd == 0
+    assert state.spent_usd > price("openai", MODEL, input=0, output=4096)
+    assert value(registry, "llmguard_estimated_cost_usd_total", **LABELS) == pytest.approx(state.spent_usd)
 
 
 async def test_retries_outside_any_session_are_one_logical_call(
