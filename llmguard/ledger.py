@@ -250,7 +250,7 @@ class Ledger:
             hold_ttl_seconds=self.settings.hold_ttl_seconds,
             session_ttl_seconds=self.settings.session_ttl_seconds,
         )
-        if not self.store.is_async:
+        if not self.store.remote:
             self._settled(call, self.store.settle_sync(settlement))
             return
         try:

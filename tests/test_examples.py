@@ -23,8 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmguard import Guard
-from llmguard.testing import Scenario, SimulatedProvider, serve
-from llmguard.testing._builtin import AGENT_ANSWER, AGENT_STEPS
+from llmguard.testing import AGENT_ANSWER, AGENT_STEPS, Scenario, SimulatedProvider, serve
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FRAMEWORKS = ("fastapi", "litestar")

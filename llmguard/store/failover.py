@@ -26,7 +26,7 @@ class FailoverStore:
         on_error: Callable[[str], None],
     ) -> None:
         self.primary = primary
-        self.is_async = not isinstance(primary, MemoryStore)
+        self.remote = not isinstance(primary, MemoryStore)  # its operations do I/O: settle them off the hot path
         self._fallback = primary if isinstance(primary, MemoryStore) else MemoryStore()
         self._policy = policy
         self._on_error = on_error

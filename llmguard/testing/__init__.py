@@ -17,11 +17,13 @@ Run it standalone with ``python -m llmguard.testing --port 8100``.
 from __future__ import annotations
 
 from ._app import SCENARIO_HEADER, RecordedRequest, SimulatedProvider
-from ._builtin import BUILTIN_MODELS
+from ._builtin import AGENT_ANSWER, AGENT_STEPS, BUILTIN_MODELS
 from ._scenario import Scenario, ToolCall
 from ._server import serve
 
 __all__ = [
+    "AGENT_ANSWER",
+    "AGENT_STEPS",
     "BUILTIN_MODELS",
     "SCENARIO_HEADER",
     "RecordedRequest",
