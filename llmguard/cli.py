@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmguard.context import normalise_session_id
+from llmguard.policy import caps_for, exhausted
 from llmguard.settings import GuardSettings
 from llmguard.store.base import SessionState
 from llmguard.store.keys import session_key
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmguard.store.redis import FAILURES, RedisStore
 
     store = RedisStore(settings)
+    caps = caps_for(settings)  # a used-up cap blocks a session as surely as a loop (only loops are stored)
     try:
         if args.action == "show":
             normalised = normalise_session_id(args.session_id, settings.max_session_id_length)
@@ -46,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
             if state is None:
                 print(f"llmguard: no session {_printable(normalised)}", file=sys.stderr)
                 return 1
+            state.blocked_reason = state.blocked_reason or exhausted(state, caps)
             print(json.dumps(_record(state), indent=2) if as_json else _show(state))
         else:
             states = store.top_sessions_sync(args.n)
+            for state in states:
+                state.blocked_reason = state.blocked_reason or exhausted(state, caps)
             if as_json:
                 print(json.dumps([_record(state) for state in states], indent=2))
             else:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from llmguard.context import PendingFailure, SessionContext, current
 from llmguard.errors import BudgetExceeded, GuardBlocked, LoopDetected, raisable
 from llmguard.metrics import Metrics
+from llmguard.policy import caps_for
 from llmguard.pricing import Prices, estimate_input_tokens
 from llmguard.providers import Adapter, RequestInfo
 from llmguard.record import CallRecord, Usage
@@ -157,16 +158,7 @@ class Ledger:
 
     def caps(self, context: SessionContext | None) -> Caps:
         """The caps that apply to calls of this unit of work: its own limits, else the settings'."""
-        s = self.settings
-        limits = context.limits if context is not None and context.limits is not None else None
-        return Caps(
-            session_budget_usd=limits.budget_usd if limits else s.session_budget_usd,
-            session_max_llm_calls=limits.max_llm_calls if limits else s.session_max_llm_calls,
-            session_max_tool_calls=limits.max_tool_calls if limits else s.session_max_tool_calls,
-            session_max_tokens=limits.max_tokens if limits else s.session_max_tokens,
-            feature_daily_budget_usd=s.feature_daily_budget_usd,
-            daily_budget_usd=s.daily_budget_usd,
-        )
+        return caps_for(self.settings, context.limits if context is not None else None)
 
     def _unpriced(self, call: Call) -> None:
         caps = call.reservation.caps

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Sequence
 
 from llmguard.errors import BlockReason
+from llmguard.settings import GuardSettings, SessionLimits
 from llmguard.store.base import Caps, SessionState
 
 MAX_CYCLE = 5
@@ -40,6 +41,18 @@ def loop_repeats(history: Sequence[str]) -> int:
 
 def _is_cycle(block: Sequence[str], period: int) -> bool:
     return all(block[i] == block[i % period] for i in range(len(block)))
+
+
+def caps_for(settings: GuardSettings, limits: SessionLimits | None = None) -> Caps:
+    """A session's own limits replace the settings' session caps; the feature and service caps always apply."""
+    return Caps(
+        session_budget_usd=limits.budget_usd if limits else settings.session_budget_usd,
+        session_max_llm_calls=limits.max_llm_calls if limits else settings.session_max_llm_calls,
+        session_max_tool_calls=limits.max_tool_calls if limits else settings.session_max_tool_calls,
+        session_max_tokens=limits.max_tokens if limits else settings.session_max_tokens,
+        feature_daily_budget_usd=settings.feature_daily_budget_usd,
+        daily_budget_usd=settings.daily_budget_usd,
+    )
 
 
 def exhausted(state: SessionState, caps: Caps) -> BlockReason | None:

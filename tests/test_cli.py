@@ -57,7 +57,7 @@ def test_top_lists_sessions_by_spend(sessions: None, prefix: str, capsys: pytest
         "SESSION", "SPENT_USD", "HELD_USD", "TOKENS", "LLM_CALLS", "TOOL_CALLS", "BLOCKED", "LAST_ACTIVITY",
     ]  # fmt: skip
     assert [line.split()[0] for line in lines[1:]] == ["dear", "mid", "cheap"]
-    assert lines[1].split()[1:7] == ["1.500000", "0.000000", "1200", "1", "2", "session_budget"]
+    assert lines[1].split()[1:7] == ["1.500000", "0.000000", "1200", "1", "2", "-"]  # a denial blocks no session
     assert lines[2].split()[1:3] == ["0.500000", "0.250000"]
     # Columns line up: every spent amount ends where its header does.
     end = lines[0].index("SPENT_USD") + len("SPENT_USD")
@@ -98,7 +98,11 @@ def test_show_prints_one_session(
     code, out, _ = run(capsys, "--json", "sessions", "show", "dear")
     assert code == 0
     record = json.loads(out)
-    assert (record["session_id"], record["blocked_reason"], record["tool_calls"]) == ("dear", "session_budget", 2)
+    assert (record["session_id"], record["blocked_reason"], record["tool_calls"]) == ("dear", None, 2)
+    # Under a session budget it has used up, the session shows as blocked.
+    monkeypatch.setenv("LLMGUARD_SESSION_BUDGET_USD", "1.5")
+    code, out, _ = run(capsys, "--json", "sessions", "show", "dear")
+    assert json.loads(out)["blocked_reason"] == "session_budget"
 
 
 def test_show_an_unknown_session(sessions: None, prefix: str, capsys: pytest.CaptureFixture[str]) -> None:

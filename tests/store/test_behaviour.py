@@ -196,13 +196,59 @@ async def test_loop_repeats_follow_the_policy_rule(api: Api) -> None:
         assert result.loop_repeats == expected, calls
 
 
-async def test_a_denied_session_reservation_blocks_the_session(api: Api) -> None:
-    denied = await api.reserve(reservation("c1", usd=2.0, caps=Caps(session_budget_usd=1.0)))
+async def test_a_denied_reservation_is_for_that_call_only(api: Api) -> None:
+    caps = Caps(session_budget_usd=1.0, session_max_llm_calls=3, session_max_tokens=1000)
+    denied = await api.reserve(reservation("c1", usd=2.0, caps=caps))
     assert (denied.allowed, denied.reason) == (False, "session_budget")
     state = await api.get("s")
-    assert state is not None and state.blocked_reason == "session_budget"
-    again = await api.reserve(reservation("c2", usd=0.01, caps=Caps(session_budget_usd=100.0)))
-    assert (again.allowed, again.reason) == (False, "session_budget")
+    assert state is not None and state.blocked_reason is None and state.held_usd == 0.0
+    # spent + held + estimate <= cap, per call: a smaller call that fits is admitted.
+    assert (await api.reserve(reservation("c2", usd=0.75, caps=caps))).allowed
+    denied = await api.reserve(reservation("c3", usd=0.5, caps=caps))
+    assert (denied.allowed, denied.reason) == (False, "session_budget")
+    assert (await api.reserve(reservation("c4", usd=0.25, caps=caps))).allowed  # 0.75 + 0.25 == 1.0
+    denied = await api.reserve(reservation("c5", usd=0.0, tokens=801, caps=caps))
+    assert (denied.allowed, denied.reason) == (False, "session_tokens")
+    assert (await api.reserve(reservation("c6", usd=0.0, tokens=800, caps=caps))).allowed
+    denied = await api.reserve(reservation("c7", usd=0.0, tokens=0, caps=caps))
+    assert (denied.allowed, denied.reason) == (False, "session_llm_calls")
+    # An SDK retry is not a new call: it still fits.
+    assert (await api.reserve(reservation("c8", usd=0.0, tokens=0, caps=caps, count_call=False))).allowed
+    state = await api.get("s")
+    assert state is not None and state.blocked_reason is None
+    assert (state.held_usd, state.llm_calls) == (approx(1.0), 0)
+
+    await api.settle(settlement("c2", cost=0.5))
+    await api.settle(settlement("c4", cost=0.125))
+    # With room again (0.625 spent, nothing held), a call the budget denied before is admitted.
+    assert (await api.reserve(reservation("c9", usd=0.375, caps=Caps(session_budget_usd=1.0)))).allowed
+    state = await api.get("s")
+    assert state is not None and state.blocked_reason is None
+
+
+async def test_a_tool_call_denial_is_for_that_call_only(api: Api) -> None:
+    await api.settle(settlement("c1", tools=["read(a)", "read(b)", "read(c)"]))
+    denied = await api.reserve(reservation("c2", caps=Caps(session_max_tool_calls=2)))
+    assert (denied.allowed, denied.reason) == (False, "session_tool_calls")
+    state = await api.get("s")
+    assert state is not None and state.blocked_reason is None
+    assert (await api.reserve(reservation("c3", caps=Caps(session_max_tool_calls=3)))).allowed
+
+
+async def test_a_loop_blocks_every_later_reservation(api: Api) -> None:
+    caps = Caps(session_budget_usd=100.0)
+    assert (await api.reserve(reservation("c0", usd=0.5, caps=caps))).allowed
+    for i in range(5):
+        result = await api.settle(settlement(f"c{i}", tools=["x()"]))
+    assert result.blocked_reason == "loop_detected"
+    for i, (usd, tokens, count_call) in enumerate([(0.0, 0, True), (1e-9, 1, False), (0.5, 100, True)]):
+        denied = await api.reserve(reservation(f"after-{i}", usd=usd, tokens=tokens, caps=caps, count_call=count_call))
+        assert (denied.allowed, denied.reason) == (False, "loop_detected")
+        # A budget denial does not replace the loop block.
+        denied = await api.reserve(reservation(f"over-{i}", usd=1000.0, caps=caps))
+        assert (denied.allowed, denied.reason) == (False, "loop_detected")
+    state = await api.get("s")
+    assert state is not None and state.blocked_reason == "loop_detected"
 
 
 async def test_feature_daily_budget(api: Api) -> None:

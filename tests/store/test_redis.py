@@ -262,3 +262,74 @@ async def test_a_resent_reservation_after_the_session_ended_still_expires(
         await store.aclose()
     ttls = {key: redis_client.pttl(key) for key in scan(redis_client, prefix)}
     assert ttls and all(ttl > 0 for ttl in ttls.values()), ttls
+
+
+def index_members(client: redis.Redis, prefix: str) -> tuple[set[str], set[str]]:
+    spend = {member.decode() for member in client.zrange(f"{prefix}:sessions:spend", 0, -1)}
+    active = {member.decode() for member in client.zrange(f"{prefix}:sessions:active", 0, -1)}
+    return spend, active
+
+
+async def test_an_expired_session_leaves_both_indexes(prefix: str, redis_client: redis.Redis) -> None:
+    store = RedisStore(redis_settings(prefix, session_ttl_seconds=1))
+    try:
+        await store.settle(settlement("c1", "gone", session_ttl=1))
+        # Last active as long ago, but its state lives on (a longer TTL here; an in-flight call's in practice).
+        await store.settle(settlement("c2", "kept", session_ttl=3600))
+        assert index_members(redis_client, prefix) == ({"gone", "kept"}, {"gone", "kept"})
+        await asyncio.sleep(1.1)
+        await store.settle(settlement("c3", "fresh", session_ttl=3600))
+        assert not redis_client.exists(f"{prefix}:{{gone}}:state")
+        assert await store.active_sessions(1) == 1
+        assert index_members(redis_client, prefix) == ({"kept", "fresh"}, {"kept", "fresh"})
+        # The sync twin does the same upkeep.
+        await store.settle(settlement("c4", "later", session_ttl=1))
+        await store.settle(settlement("c5", "fresh"))
+        await asyncio.sleep(1.1)
+        assert store.active_sessions_sync(1) == 0
+        assert index_members(redis_client, prefix) == ({"kept", "fresh"}, {"kept", "fresh"})
+    finally:
+        await store.aclose()
+
+
+async def test_a_session_active_again_is_not_trimmed(prefix: str, redis_client: redis.Redis) -> None:
+    store = RedisStore(redis_settings(prefix, session_ttl_seconds=1))
+    try:
+        await store.settle(settlement("c1", "back", session_ttl=1))
+        await asyncio.sleep(1.1)
+        # Its state expired, and it comes back before anything trims the indexes: a settle re-adds it to both.
+        await store.settle(settlement("c2", "back", session_ttl=3600))
+        assert await store.active_sessions(1) == 1
+        assert index_members(redis_client, prefix) == ({"back"}, {"back"})
+    finally:
+        await store.aclose()
+
+
+async def test_ending_a_session_takes_it_out_of_both_indexes(prefix: str, redis_client: redis.Redis) -> None:
+    store = RedisStore(redis_settings(prefix))
+    try:
+        for session in ("a", "b", "c"):
+            await store.reserve(reservation(f"c-{session}", session))
+            await store.settle(settlement(f"c-{session}", session))
+        assert index_members(redis_client, prefix) == ({"a", "b", "c"}, {"a", "b", "c"})
+        assert await store.end_session(session_key("a")) is not None
+        assert store.end_session_sync(session_key("b")) is not None
+        assert index_members(redis_client, prefix) == ({"c"}, {"c"})
+        # A session that never settled is in no index, and ending it touches nothing else.
+        await store.reserve(reservation("c-d", "d"))
+        assert await store.end_session(session_key("d")) is not None
+        assert index_members(redis_client, prefix) == ({"c"}, {"c"})
+    finally:
+        await store.aclose()
+
+
+async def test_a_denial_leaves_no_block_on_the_session(prefix: str, redis_client: redis.Redis) -> None:
+    store = RedisStore(redis_settings(prefix))
+    try:
+        denied = await store.reserve(reservation("c1", "new", usd=2.0, caps=Caps(session_budget_usd=1.0)))
+        assert (denied.allowed, denied.reason) == (False, "session_budget")
+    finally:
+        await store.aclose()
+    state = f"{prefix}:{{new}}:state"
+    assert redis_client.hgetall(state) == {b"id": b"new"}  # nothing but the new session's id ...
+    assert 0 < redis_client.pttl(state) <= 3_600_000  # ... and its TTL
