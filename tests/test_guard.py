@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anthropic
@@ -16,6 +17,28 @@ from llmguard.testing import Scenario, SimulatedProvider
 from tests.e2e.helpers import value
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
+
+
+GuardFactory = Callable[..., Guard]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_guard(request: pytest.FixtureRequest, registry: CollectorRegistry) -> AsyncIterator[GuardFactory]:
+    """Guards on the embedded store and on the real Redis server: the same behaviour is expected of both."""
+    made: list[Guard] = []
+    prefix = f"llmguard-test-guard-{uuid.uuid4().hex[:12]}"
+
+    def make(**overrides: Any) -> Guard:
+        if request.param == "redis":
+            overrides = {"redis_url": "redis://127.0.0.1:6379/0", "redis_prefix": prefix,
+                         "redis_timeout_seconds": 2.0, **overrides}  # fmt: skip
+        guard = Guard(registry=registry, **overrides)
+        made.append(guard)
+        return guard
+
+    yield make
+    for guard in made:
+        await guard.aclose()
 
 
 @pytest.fixture
@@ -39,9 +62,9 @@ async def call(sdks: tuple[openai.AsyncOpenAI, anthropic.AsyncAnthropic], sdk: s
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 async def test_block_reaches_the_caller_at_once_with_no_request(
-    registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str, sdk: str
+    make_guard: GuardFactory, registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str, sdk: str
 ) -> None:
-    guard = Guard(registry=registry, session_max_llm_calls=1)
+    guard = make_guard(session_max_llm_calls=1)
     oai = openai.AsyncOpenAI(base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client())
     claude = anthropic.AsyncAnthropic(base_url=provider_url, api_key="t", http_client=guard.async_client())
     async with oai, claude, guard.session("capped", feature="f"):
@@ -59,10 +82,10 @@ async def test_block_reaches_the_caller_at_once_with_no_request(
 
 
 async def test_session_budget_is_reserved_before_the_call(
-    registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str
+    make_guard: GuardFactory, provider: SimulatedProvider, provider_url: str
 ) -> None:
     provider.default = Scenario(output_tokens=40)  # input tokens: counted from the request, as a provider does
-    guard = Guard(registry=registry)
+    guard = make_guard()
     limits = SessionLimits(budget_usd=0.0003)
     async with openai.AsyncOpenAI(base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client()) as oai:
         async with guard.session("budgeted", limits=limits):
@@ -83,10 +106,10 @@ async def test_session_budget_is_reserved_before_the_call(
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 @pytest.mark.parametrize(("model", "expected_calls"), [("sim-loop", 5), ("sim-cycle", 10)])
 async def test_runaway_agent_is_stopped(
-    registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str, sdk: str, model: str,
-    expected_calls: int,
+    make_guard: GuardFactory, registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str, sdk: str,
+    model: str, expected_calls: int,
 ) -> None:  # fmt: skip
-    guard = Guard(registry=registry, prices={model: ModelPrice(input_mtok=1.0, output_mtok=2.0)})
+    guard = make_guard(prices={model: ModelPrice(input_mtok=1.0, output_mtok=2.0)})
     oai = openai.AsyncOpenAI(base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client())
     claude = anthropic.AsyncAnthropic(base_url=provider_url, api_key="t", http_client=guard.async_client())
     async with oai, claude, guard.session(f"agent-{sdk}-{model}", feature="agent"):
@@ -101,9 +124,9 @@ async def test_runaway_agent_is_stopped(
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 async def test_agent_making_progress_is_not_stopped(
-    registry: CollectorRegistry, provider: SimulatedProvider, provider_url: str, sdk: str
+    make_guard: GuardFactory, provider: SimulatedProvider, provider_url: str, sdk: str
 ) -> None:
-    guard = Guard(registry=registry, prices={"sim-agent": ModelPrice(input_mtok=1.0, output_mtok=2.0)})
+    guard = make_guard(prices={"sim-agent": ModelPrice(input_mtok=1.0, output_mtok=2.0)})
     oai = openai.AsyncOpenAI(base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client())
     claude = anthropic.AsyncAnthropic(base_url=provider_url, api_key="t", http_client=guard.async_client())
     async with oai, claude, guard.session("progress", feature="agent"):
