@@ -10,7 +10,8 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -69,6 +70,9 @@ class Example:
         )
 
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
 @pytest.fixture(scope="module")
 def sim_server() -> Iterator[tuple[SimulatedProvider, str]]:
     sim = SimulatedProvider(default=SCENARIO)
@@ -76,10 +80,11 @@ def sim_server() -> Iterator[tuple[SimulatedProvider, str]]:
         yield sim, url
 
 
-@pytest.fixture(params=FRAMEWORKS)
-def example(
+@pytest.fixture(params=[(framework, store) for framework in FRAMEWORKS for store in ("memory", "redis")])
+async def example(
     request: pytest.FixtureRequest, sim_server: tuple[SimulatedProvider, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Example]:
+) -> AsyncIterator[Example]:
+    framework, store = request.param
     sim, sim_url = sim_server
     sim.reset()
     for name in list(os.environ):
@@ -89,10 +94,13 @@ def example(
     monkeypatch.setenv("OPENAI_BASE_URL", f"{sim_url}/v1")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", sim_url)
     registry = CollectorRegistry()
-    guard = Guard(registry=registry)
-    app = load_example(request.param).create_app(guard)
+    # The same app on the embedded store and on the real Redis server (a namespace of its own per test).
+    redis = {"redis_url": REDIS_URL, "redis_prefix": f"llmguard-examples-{uuid.uuid4().hex[:12]}"}
+    guard = Guard(registry=registry, **(redis if store == "redis" else {}))
+    app = load_example(framework).create_app(guard)
     with serve(app) as url:
         yield Example(url, guard, registry, sim)
+    await guard.aclose()  # the app closed its own connections at shutdown; these are the test's
 
 
 async def chat(client: httpx.AsyncClient, session: str, provider: str, *, stream: bool = False) -> None:
