@@ -106,6 +106,8 @@ class Ledger:
         call.closed = True
         record = call.record
         context = call.context
+        if record.refused and record.finish_reason == "stop":
+            record.finish_reason = "content_filter"  # a refusal ends "normally" on the wire
         if record.usage_known:
             record.cost_usd = self.prices.cost(record.provider, record.model, record.usage)
         count_call = self._count_call(call)

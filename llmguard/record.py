@@ -72,6 +72,7 @@ class CallRecord:
     sent: bool = True  # False when the request provably never reached the provider (it could not connect)
     should_retry: bool | None = None  # the provider's `x-should-retry` header, when it sent one
     content_events: int = 0
+    refused: bool = False  # the model answered with a refusal (OpenAI `refusal`), a content-filter outcome
     terminal: bool = False  # the provider's end-of-response event (or a whole JSON body) was seen
     cost_usd: float | None = None
     request_digest: str | None = None  # sha256 of the request's messages, logged on content-filter outcomes

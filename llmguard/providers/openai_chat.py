@@ -84,8 +84,10 @@ class ChatParser:
         content = False
         for choice in obj.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("refusal") or delta.get("function_call"):
+            if delta.get("content") or delta.get("function_call"):
                 content = True
+            if delta.get("refusal"):
+                content = record.refused = True
             for call in delta.get("tool_calls") or ():
                 content = True
                 key = (choice.get("index", 0), call.get("index", 0))
@@ -112,6 +114,7 @@ class ChatParser:
         read_usage(record, obj.get("usage"))
         for choice in obj.get("choices") or ():
             message = choice.get("message") or {}
+            record.refused = record.refused or bool(message.get("refusal"))
             for call in message.get("tool_calls") or ():
                 function = call.get("function") or {}
                 record.tool_calls.append(ToolCallSeen(function.get("name") or "", function.get("arguments") or ""))

@@ -53,6 +53,10 @@ def read_response(record: CallRecord, response: Any, *, tools: bool) -> None:
         record.response_model = response["model"]
     read_usage(record, response.get("usage"))
     output = response.get("output") or ()
+    for item in output:
+        if isinstance(item, dict) and item.get("type") == "message":
+            parts = item.get("content") or ()
+            record.refused = record.refused or any(isinstance(p, dict) and p.get("type") == "refusal" for p in parts)
     if tools:
         for item in output:
             if isinstance(item, dict) and item.get("type") in TOOL_ITEM_TYPES:
@@ -78,9 +82,10 @@ class ResponsesParser:
 
     def event(self, event: SSEEvent) -> bool:
         kind = event.event
-        if kind in CONTENT_DELTAS:
-            return True  # deltas are the bulk of a stream: no need to decode them
         record = self._record
+        if kind in CONTENT_DELTAS:
+            record.refused = record.refused or kind == "response.refusal.delta"
+            return True  # deltas are the bulk of a stream: no need to decode them
         if event.truncated:
             record.terminal = record.terminal or kind in TERMINAL
             return False
@@ -89,6 +94,7 @@ class ResponsesParser:
             obj = json.loads(event.data)
             kind = str(obj.get("type")) if isinstance(obj, dict) else ""
             if kind in CONTENT_DELTAS:
+                record.refused = record.refused or kind == "response.refusal.delta"
                 return True
         if kind not in INTERESTING:
             return False

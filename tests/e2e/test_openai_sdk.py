@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import openai
@@ -9,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from llmguard import Guard
-from llmguard.testing import Scenario, SimulatedProvider, ToolCall
+from llmguard.testing import Scenario, SimulatedProvider, ToolCall, serve
+from llmguard.types import Receive, Scope, Send
 from tests.e2e.helpers import price, total, value
 
 MODEL = "gpt-4o-mini"
@@ -253,3 +255,26 @@ async def test_a_failure_without_sdk_retries_is_counted_at_once(
     assert response.status_code == 429
     labels = {**LABELS, "feature": "unknown"}
     assert value(registry, "llmguard_llm_calls_total", **labels, outcome="error", finish_reason="error") == 1
+
+
+async def test_refusal_is_counted_as_a_content_filter_outcome(
+    guard: Guard, registry: CollectorRegistry, provider_url: str
+) -> None:
+    refusal = {"id": "c", "object": "chat.completion", "model": MODEL,
+               "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": None, "refusal": "I can't help with that."}}],
+               "usage": {"prompt_tokens": 5, "completion_tokens": 6}}  # fmt: skip
+
+    async def refusing(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = json.dumps(refusal).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    with serve(refusing) as url:
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="t", http_client=guard.async_client()) as client:
+            async with guard.session("refused", feature="chat"):
+                reply = await client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    assert reply.choices[0].message.refusal
+    assert value(registry, "llmguard_llm_calls_total", **LABELS, outcome="success", finish_reason="content_filter") == 1

@@ -203,3 +203,21 @@ def test_anthropic_prompt_too_long_is_a_context_length_error() -> None:
             "message": "prompt is too long: 208656 tokens > 200000 maximum"}}  # fmt: skip
     apply_error_body(record, 400, body)
     assert record.error_type == "context_length"
+
+
+def test_refusals_are_content_filter_outcomes() -> None:
+    chat, _ = stream(
+        "/v1/chat/completions",
+        chat_chunk([{"index": 0, "delta": {"refusal": "I can't help with that."}}])
+        + chat_chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        + "data: [DONE]\n\n",
+    )
+    assert chat.refused and chat.finish_reason == "stop"  # the ledger turns a refused "stop" into content_filter
+    refusal = {"type": "response.refusal.delta", "delta": "No."}
+    done = {"type": "response.completed", "response": {"status": "completed", "output": []}}
+    responses, content = stream(
+        "/v1/responses",
+        f"event: response.refusal.delta\ndata: {json.dumps(refusal)}\n\n"
+        f"event: response.completed\ndata: {json.dumps(done)}\n\n",
+    )
+    assert responses.refused and content == 1
