@@ -8,7 +8,6 @@ arguments, and any client the application builds itself.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +23,10 @@ _originals: list[tuple[type[Any], str, Any]] = []
 
 def _libraries() -> list[Any]:
     libraries = [importlib.import_module("httpx2")]
-    if importlib.util.find_spec("httpx") is not None:
+    try:  # legacy httpx is optional: not installed, or installed but broken, it is simply not instrumented
         libraries.append(importlib.import_module("httpx"))
+    except ImportError:
+        pass
     return libraries
 
 

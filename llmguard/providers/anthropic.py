@@ -69,8 +69,8 @@ class MessagesParser:
             message = obj.get("message") or {}
             if isinstance(message.get("model"), str):
                 record.response_model = message["model"]
+            # Provisional (output_tokens is 1 or so): the usage is known only once `message_delta` reports it.
             merge_usage(record.usage, message.get("usage"))
-            record.usage_known = isinstance(message.get("usage"), dict)
         elif kind == "content_block_start":
             block = obj.get("content_block") or {}
             if block.get("type") == "tool_use":
@@ -82,6 +82,7 @@ class MessagesParser:
             if reason:
                 record.finish_reason = STOP_REASONS.get(reason, "unknown")
             merge_usage(record.usage, obj.get("usage"))
+            record.usage_known = isinstance(obj.get("usage"), dict)
         elif kind == "message_stop":
             record.terminal = True
         elif kind == "error":
