@@ -7,6 +7,7 @@ arguments, and any client the application builds itself.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 from typing import TYPE_CHECKING, Any
@@ -23,10 +24,9 @@ _originals: list[tuple[type[Any], str, Any]] = []
 
 def _libraries() -> list[Any]:
     libraries = [importlib.import_module("httpx2")]
-    try:  # legacy httpx is optional: not installed, or installed but broken, it is simply not instrumented
+    # Legacy httpx is optional: not installed, or installed but broken, it is simply not instrumented.
+    with contextlib.suppress(ImportError):
         libraries.append(importlib.import_module("httpx"))
-    except ImportError:
-        pass
     return libraries
 
 
