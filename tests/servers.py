@@ -122,15 +122,6 @@ def _cluster_node(server: str, port: int, folder: Path) -> subprocess.Popen[byte
     )  # fmt: skip
 
 
-def _cluster_node(server: str, port: int, folder: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-         "--cluster-config-file", str(folder / f"nodes-{port}.conf"), "--dir", str(folder),
-         "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 def _ping(port: int) -> bool:
     try:
         with redis.Redis(port=port, socket_connect_timeout=0.2) as client:
