@@ -162,7 +162,7 @@ class SessionBinding:
         return self.context
 
     def __exit__(self, *exc: object) -> None:
-        self._ledger.flush(self.context)
+        self._ledger.calls.flush(self.context)
         unbind(self._tokens.pop())
 
     async def __aenter__(self) -> SessionContext:
@@ -185,7 +185,7 @@ class MetricsApp:
         if scope["type"] != "http":
             return
         guard = self._guard
-        guard.ledger.flush_stale()
+        guard.ledger.calls.flush_stale()
         active = await guard.store.active_sessions(guard.settings.session_ttl_seconds)
         guard.metrics.active_sessions.set(active)
         body, content_type = exposition(guard.registry)

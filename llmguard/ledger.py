@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 
-from llmguard.context import PendingFailure, SessionContext, current
+from llmguard.context import SessionContext, current
 from llmguard.errors import BudgetExceeded, GuardBlocked, LoopDetected, raisable
 from llmguard.metrics import Metrics
 from llmguard.policy import caps_for
 from llmguard.pricing import Prices, estimate_input_tokens
 from llmguard.providers import Adapter, RequestInfo
 from llmguard.record import CallRecord, Usage
+from llmguard.retries import LogicalCalls
 from llmguard.settings import GuardSettings
 from llmguard.store.base import Admission, Caps, Reservation, Settlement, SettleResult
 from llmguard.store.failover import FailoverStore
@@ -24,10 +23,6 @@ from llmguard.store.keys import session_key
 
 logger = logging.getLogger("llmguard")
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})
-# The SDKs wait at most 120 s (a provider's retry-after) before a retry: past that, no retry is coming.
-RETRY_WINDOW_SECONDS = 130.0
-MAX_ORPHANS = 10_000
 MAX_WARNED_MODELS = 1_000
 
 
@@ -50,7 +45,7 @@ class Ledger:
         self.metrics = metrics
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned_unpriced: set[str] = set()
-        self._orphans: dict[str, PendingFailure] = {}  # failed attempts outside any unit of work
+        self.calls = LogicalCalls(metrics)
 
     def open(self, adapter: Adapter, provider: str, info: RequestInfo, body: bytes, retry_count: int) -> Call:
         context = current()
@@ -67,8 +62,7 @@ class Ledger:
             request_digest=info.digest,
         )
         if retry_count > 0:
-            # An SDK retry: the failed attempt before it did not end the logical call after all.
-            self._pending(context).pop(_fingerprint(body), None)
+            self.calls.retried(context, body)
         session_id = context.session_id if context is not None else None
         input_tokens = estimate_input_tokens(len(body))
         output_cap = info.max_output_tokens or self.settings.default_max_output_tokens
@@ -110,10 +104,9 @@ class Ledger:
             record.finish_reason = "content_filter"  # a refusal ends "normally" on the wire
         if record.usage_known:
             record.cost_usd = self.prices.cost(record.provider, record.model, record.usage)
-        count_call = self._count_call(call)
-        self.metrics.record_call(record, call.feature, count_call=count_call)
-        if self._orphans:
-            self.flush_stale()
+        self.calls.ended(record, call.feature, context, call.body)
+        self.metrics.record_call(record, call.feature)
+        self.calls.flush_stale()
         if record.finish_reason == "content_filter":
             logger.warning(
                 "llmguard: content filter on %s call %s (model %s, request sha256 %s)",
@@ -126,20 +119,6 @@ class Ledger:
             context.llm_calls += 1
         if call.admitted:
             self._settle(call)
-
-    def flush(self, context: SessionContext) -> None:
-        """The unit of work ended: failed attempts no retry followed were the end of their logical calls."""
-        for record, feature, _ in context.pending_failures.values():
-            self.metrics.count_call(record, feature)
-        context.pending_failures.clear()
-
-    def flush_stale(self) -> None:
-        """Failed attempts made outside any unit of work end their logical call once no retry came in time."""
-        now = time.monotonic()
-        for key, (record, feature, deadline) in list(self._orphans.items()):
-            if deadline <= now:
-                del self._orphans[key]
-                self.metrics.count_call(record, feature)
 
     async def drain(self, context: SessionContext | None = None) -> None:
         """Wait for settlements still in flight: a unit of work's own (before its response ends), or all of them
@@ -193,23 +172,6 @@ class Ledger:
             limit_usd=admission.limit_usd,
         )
         raise error
-
-    def _count_call(self, call: Call) -> bool:
-        """Whether this attempt ends its logical call now. A retryable failure is held back until the SDK's retry
-        arrives (then the retry carries the call on) or the unit of work ends (see `flush`, `flush_stale`)."""
-        record = call.record
-        if record.sdk_retries and record.outcome == "error" and _retryable(record):
-            deadline = time.monotonic() + RETRY_WINDOW_SECONDS
-            self._pending(call.context)[_fingerprint(call.body)] = (record, call.feature, deadline)
-            return False
-        return True
-
-    def _pending(self, context: SessionContext | None) -> dict[str, PendingFailure]:
-        if context is not None:
-            return context.pending_failures
-        if len(self._orphans) > MAX_ORPHANS:  # a flood of failures outside any unit of work: count them now
-            self.flush_stale()
-        return self._orphans
 
     def _settle(self, call: Call) -> None:
         record = call.record
@@ -292,17 +254,3 @@ _DETAILS = {
 
 
 _BLOCK_CLASSES: dict[str, type[GuardBlocked]] = {"loop_detected": LoopDetected, "store_unavailable": GuardBlocked}
-
-
-def _retryable(record: CallRecord) -> bool:
-    """Whether the official SDKs would retry this failed attempt (their `x-should-retry` header wins)."""
-    if record.should_retry is not None:
-        return record.should_retry
-    status = record.status_code
-    if status is None:
-        return record.error_type in ("connection", "timeout")
-    return status in RETRYABLE_STATUS or status >= 500
-
-
-def _fingerprint(body: bytes) -> str:
-    return hashlib.blake2b(body, digest_size=16).hexdigest()

@@ -105,12 +105,10 @@ class Metrics:
         labels = (record.provider, self._models(record.model), self._features(feature))
         self._child(self.calls, (*labels, record.outcome, record.finish_reason)).inc()
 
-    def record_call(self, record: CallRecord, feature: str, *, count_call: bool) -> None:
-        """Everything one attempt tells; the logical call is counted only if this attempt ended it."""
+    def record_call(self, record: CallRecord, feature: str) -> None:
+        """Everything one attempt tells (whether it ended a logical call is counted by `count_call`)."""
         labels = (record.provider, self._models(record.model), self._features(feature))
         child = self._child
-        if count_call:
-            self.count_call(record, feature)
         if record.retry_count > 0:
             child(self.retries, labels).inc()
         if record.error_type is not None:

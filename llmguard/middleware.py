@@ -64,7 +64,7 @@ class LLMGuardMiddleware:
             if finished:
                 return
             finished = True
-            guard.ledger.flush(context)
+            guard.ledger.calls.flush(context)
             if context.llm_calls:
                 feature = guard.metrics.feature(context.resolve_feature())
                 guard.metrics.action_cost.labels(feature).observe(context.action_cost)
