@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+from httpx_sse import aconnect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmguard.testing import BUILTIN_MODELS, Scenario, SimulatedProvider, serve
@@ -96,10 +97,14 @@ async def request(
     stats.actions[action] += 1
     try:
         if body.get("stream"):
-            async with client.stream("POST", path, json=body, headers=headers) as response:
-                events = [line async for line in response.aiter_lines() if line.startswith("data: ")]
-                if response.status_code == 200 and (not events or events[-1] != "data: [DONE]"):
-                    stats.unexpected.append(f"{action}: the stream ended without [DONE]")
+            async with aconnect_sse(client, "POST", path, json=body, headers=headers) as source:
+                response = source.response
+                if response.status_code == 200:  # a refused call answers with a problem document, not a stream
+                    events = [event.data async for event in source.aiter_sse()]
+                    if not events or events[-1] != "[DONE]":
+                        stats.unexpected.append(f"{action}: the stream ended without [DONE]")
+                else:
+                    await response.aread()
         else:
             response = await client.post(path, json=body, headers=headers)
     except httpx.HTTPError as exc:
