@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TypeVar
 
 from llmguard.errors import BlockReason
 from llmguard.settings import GuardSettings, SessionLimits
 from llmguard.store.base import Caps, SessionState
 
 MAX_CYCLE = 5
+T = TypeVar("T")
 
 
 def signature_digest(signature: str) -> str:
@@ -44,15 +46,21 @@ def _is_cycle(block: Sequence[str], period: int) -> bool:
 
 
 def caps_for(settings: GuardSettings, limits: SessionLimits | None = None) -> Caps:
-    """A session's own limits replace the settings' session caps; the feature and service caps always apply."""
+    """A session's own limits override the settings' session caps one by one (a limit left `None` keeps the
+    setting); the feature and service caps always apply."""
+    own = limits or SessionLimits()
     return Caps(
-        session_budget_usd=limits.budget_usd if limits else settings.session_budget_usd,
-        session_max_llm_calls=limits.max_llm_calls if limits else settings.session_max_llm_calls,
-        session_max_tool_calls=limits.max_tool_calls if limits else settings.session_max_tool_calls,
-        session_max_tokens=limits.max_tokens if limits else settings.session_max_tokens,
+        session_budget_usd=_first(own.budget_usd, settings.session_budget_usd),
+        session_max_llm_calls=_first(own.max_llm_calls, settings.session_max_llm_calls),
+        session_max_tool_calls=_first(own.max_tool_calls, settings.session_max_tool_calls),
+        session_max_tokens=_first(own.max_tokens, settings.session_max_tokens),
         feature_daily_budget_usd=settings.feature_daily_budget_usd,
         daily_budget_usd=settings.daily_budget_usd,
     )
+
+
+def _first(own: T | None, default: T | None) -> T | None:
+    return default if own is None else own
 
 
 def exhausted(state: SessionState, caps: Caps) -> BlockReason | None:

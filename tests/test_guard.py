@@ -12,7 +12,8 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry
 
-from llmguard import BudgetExceeded, Guard, GuardBlocked, LoopDetected, ModelPrice, SessionLimits
+from llmguard import BudgetExceeded, Guard, GuardBlocked, GuardSettings, LoopDetected, ModelPrice, SessionLimits
+from llmguard.policy import caps_for
 from llmguard.testing import Scenario, SimulatedProvider
 from tests.e2e.helpers import value
 
@@ -198,3 +199,11 @@ async def test_end_session_observes_the_session_histograms(
     assert value(registry, "llmguard_session_llm_calls_sum") == 2
     assert value(registry, "llmguard_session_cost_usd_sum") == pytest.approx(ended.spent_usd)
     assert await guard.get_session("ending") is None
+
+
+def test_session_limits_override_settings_one_by_one() -> None:
+    settings = GuardSettings(session_budget_usd=5.0, session_max_tool_calls=50, daily_budget_usd=100.0)
+    caps = caps_for(settings, SessionLimits(max_llm_calls=1))
+    assert (caps.session_budget_usd, caps.session_max_llm_calls, caps.session_max_tool_calls) == (5.0, 1, 50)
+    assert caps.daily_budget_usd == 100.0
+    assert caps_for(settings, SessionLimits(budget_usd=0.5, max_tool_calls=3)).session_max_tool_calls == 3
