@@ -80,7 +80,10 @@ def sim_server() -> Iterator[tuple[SimulatedProvider, str]]:
         yield sim, url
 
 
-@pytest.fixture(params=[(framework, store) for framework in FRAMEWORKS for store in ("memory", "redis")])
+@pytest.fixture(
+    params=[(framework, store) for framework in FRAMEWORKS for store in ("memory", "redis")],
+    ids=lambda param: "-".join(param),
+)
 async def example(
     request: pytest.FixtureRequest, sim_server: tuple[SimulatedProvider, str], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Example]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 
@@ -183,6 +184,7 @@ async def test_retry_that_succeeds_counts_one_successful_call(
     async with guard.session("s-retry", feature="chat"):
         await oai.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     assert value(registry, "llmguard_errors_total", **LABELS, error_type="server_error") == 1
+    assert value(registry, "llmguard_llm_retries_total", **LABELS) == 1
     assert total(registry, "llmguard_llm_calls_total") == 1
     assert value(registry, "llmguard_llm_calls_total", **LABELS, outcome="success", finish_reason="stop") == 1
 
@@ -258,7 +260,7 @@ async def test_a_failure_without_sdk_retries_is_counted_at_once(
 
 
 async def test_refusal_is_counted_as_a_content_filter_outcome(
-    guard: Guard, registry: CollectorRegistry, provider_url: str
+    guard: Guard, registry: CollectorRegistry, provider_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     refusal = {"id": "c", "object": "chat.completion", "model": MODEL,
                "choices": [{"index": 0, "finish_reason": "stop",
@@ -278,3 +280,6 @@ async def test_refusal_is_counted_as_a_content_filter_outcome(
                 reply = await client.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
     assert reply.choices[0].message.refusal
     assert value(registry, "llmguard_llm_calls_total", **LABELS, outcome="success", finish_reason="content_filter") == 1
+    digest = hashlib.sha256(json.dumps(MESSAGES, sort_keys=True).encode()).hexdigest()
+    logged = [r.getMessage() for r in caplog.records if "content filter" in r.getMessage()]
+    assert len(logged) == 1 and digest in logged[0]

@@ -7,7 +7,8 @@ import importlib.util
 import math
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -176,18 +177,20 @@ def load_fastapi_example() -> ModuleType:
     return module
 
 
-@pytest.fixture
-def fastapi_example(
-    registry: CollectorRegistry, provider_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, Guard]]:
+@pytest.fixture(params=["memory", "redis"])
+async def fastapi_example(
+    request: pytest.FixtureRequest, registry: CollectorRegistry, provider_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, Guard]]:
     for name in list(os.environ):
         if name.startswith("LLMGUARD_"):  # the defaults, whatever the environment says
             monkeypatch.delenv(name)
     monkeypatch.setenv("OPENAI_BASE_URL", f"{provider_url}/v1")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", provider_url)
-    guard = Guard(registry=registry)
+    redis = {"redis_url": "redis://127.0.0.1:6379/0", "redis_prefix": f"llmguard-edge-{uuid.uuid4().hex[:12]}"}
+    guard = Guard(registry=registry, **(redis if request.param == "redis" else {}))
     with serve(load_fastapi_example().create_app(guard)) as url:
         yield url, guard
+    await guard.aclose()  # the app closed its own connections at shutdown; these are the test's
 
 
 @pytest.mark.parametrize("llm", ["openai", "anthropic"])
