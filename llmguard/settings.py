@@ -74,14 +74,6 @@ class GuardSettings(BaseSettings):
     # Prices the price data does not know, keyed by model name (JSON in the environment).
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
 
-    def session_limits(self) -> SessionLimits:
-        return SessionLimits(
-            budget_usd=self.session_budget_usd,
-            max_llm_calls=self.session_max_llm_calls,
-            max_tool_calls=self.session_max_tool_calls,
-            max_tokens=self.session_max_tokens,
-        )
-
 
 def build_settings(settings: GuardSettings | None, overrides: Mapping[str, Any]) -> GuardSettings:
     """Keyword overrides win over the given settings object, which wins over the environment."""

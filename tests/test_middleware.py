@@ -7,10 +7,8 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
-import openai
 import pytest
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -21,20 +19,13 @@ from starlette.routing import Route
 from llmguard import Guard, LLMGuardMiddleware
 from llmguard.testing import Scenario, SimulatedProvider, serve
 from llmguard.types import Message
+from tests.apps import llm_lifespan
 from tests.e2e.helpers import price, total, value
 
 MODEL = "gpt-4o-mini"
 
 
 def build_app(guard: Guard, provider_url: str) -> Starlette:
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with openai.AsyncOpenAI(
-            base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client()
-        ) as llm:
-            app.state.llm = llm
-            yield
-
     async def chat(request: Request) -> JSONResponse:
         llm = request.app.state.llm
         reply = await llm.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
@@ -55,7 +46,7 @@ def build_app(guard: Guard, provider_url: str) -> Starlette:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     routes = [Route("/chat/{kind}", chat, methods=["POST"]), Route("/stream", stream, methods=["POST"])]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=llm_lifespan(guard, provider_url))
     app.add_middleware(LLMGuardMiddleware, guard=guard)
     return app
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import openai
 import pytest
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
@@ -18,6 +16,7 @@ from starlette.routing import Route
 
 from llmguard import Guard, LLMGuardMiddleware
 from llmguard.testing import Scenario, SimulatedProvider, serve
+from tests.apps import llm_lifespan
 from tests.e2e.helpers import value
 
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
@@ -26,14 +25,6 @@ MESSAGES: Any = [{"role": "user", "content": "hi"}]
 def build_app(guard: Guard, provider_url: str) -> tuple[Starlette, list[str]]:
     """An app whose /calls/{n} makes n LLM calls and whose /stream streams n replies one after another."""
     runs: list[str] = []
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with openai.AsyncOpenAI(
-            base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client()
-        ) as llm:
-            app.state.llm = llm
-            yield
 
     async def calls(request: Request) -> JSONResponse:
         runs.append(request.url.path)
@@ -53,7 +44,7 @@ def build_app(guard: Guard, provider_url: str) -> tuple[Starlette, list[str]]:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     routes = [Route("/calls/{n:int}", calls, methods=["POST"]), Route("/stream/{n:int}", stream, methods=["POST"])]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=llm_lifespan(guard, provider_url))
     app.add_middleware(LLMGuardMiddleware, guard=guard)
     return app, runs
 

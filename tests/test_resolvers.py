@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
-import openai
 import pytest
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -23,6 +21,7 @@ from starlette.routing import Route
 from llmguard import BudgetExceeded, Guard, GuardSettings, LLMGuardMiddleware, SessionLimits
 from llmguard.testing import Scenario, SimulatedProvider, serve
 from llmguard.types import Scope
+from tests.apps import llm_lifespan
 from tests.e2e.helpers import price, total, value
 
 MODEL = "gpt-4o-mini"
@@ -42,19 +41,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def build_app(guard: Guard, provider_url: str) -> Starlette:
     """`POST /t/{tenant}/chat` makes one LLM call; `POST /t/{tenant}/nothing` makes none."""
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with openai.AsyncOpenAI(
-            base_url=f"{provider_url}/v1", api_key="t", http_client=guard.async_client()
-        ) as llm:
-            app.state.llm = llm
-            yield
-
     async def chat(request: Request) -> JSONResponse:
         reply = await request.app.state.llm.chat.completions.create(model=MODEL, messages=MESSAGES)
         return JSONResponse({"reply": reply.choices[0].message.content})
 
-    app = Starlette(routes=[Route("/t/{tenant}/chat", chat, methods=["POST"])], lifespan=lifespan)
+    app = Starlette(
+        routes=[Route("/t/{tenant}/chat", chat, methods=["POST"])], lifespan=llm_lifespan(guard, provider_url)
+    )
     app.add_middleware(LLMGuardMiddleware, guard=guard)
     return app
 
